@@ -1,0 +1,10 @@
+// commands.h - the subcommands of `rlhfd`. Each lives in coordinator/cmd_<name>.c
+// and returns the process exit code (0 ok, 1 runtime error, 2 bad arguments).
+#pragma once
+
+int cmd_tokenize(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_pretrain(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+int cmd_convert(int argc, char** argv);

@@ -1,0 +1,37 @@
+// main.c - `rlhfd` entry point: dispatches to a subcommand.
+#include <stdio.h>
+#include <string.h>
+#include "commands.h"
+
+typedef struct {
+    const char* name;
+    int (*run)(int argc, char** argv);
+    const char* help;
+} Command;
+
+static const Command COMMANDS[] = {
+    {"pretrain", cmd_pretrain, "train a GPT on token shards (from scratch or --model)"},
+    {"eval",     cmd_eval,     "mean next-token loss of a model on a token shard"},
+    {"generate", cmd_generate, "sample text with the KV-cache decoder"},
+    {"tokenize", cmd_tokenize, "GPT-2 BPE: text file -> llm.c token shard"},
+    {"convert",  cmd_convert,  "convert checkpoints (native, Hugging Face, llm.c)"},
+    {"bench",    cmd_bench,    "time training steps / generation"},
+};
+#define NUM_COMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
+
+static void usage(FILE* f) {
+    fprintf(f, "usage: rlhfd COMMAND [options]   (rlhfd COMMAND --help for its options)\n\ncommands:\n");
+    for (int i = 0; i < NUM_COMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+}
+
+int main(int argc, char** argv) {
+    if (argc < 2) { usage(stderr); return 2; }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < NUM_COMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "rlhfd: unknown command '%s' (see rlhfd --help)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,49 @@
+// crossentropy.c - fused softmax + cross-entropy over the vocabulary.
+// The probabilities are never stored: the forward keeps only the loss, the
+// backward rebuilds each row's softmax from it while writing the gradient.
+#include <math.h>
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/fastmath.h"
+
+// log(sum(exp(row))) computed stably
+static float logsumexp(const float* row, int V) {
+    float mx = -INFINITY;
+    #pragma omp simd reduction(max:mx)
+    for (int i = 0; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+    float sum = 0.0f;
+    #pragma omp simd reduction(+:sum)
+    for (int i = 0; i < V; i++) sum += exp_fast(row[i] - mx);
+    return mx + logf(sum);
+}
+
+// losses (N) = logsumexp(logits[n]) - logits[n][target]; target < 0 -> 0
+void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        int tgt = targets[n];
+        if (tgt < 0) { losses[n] = 0.0f; continue; }
+        const float* row = logits + (size_t)n * V;
+        losses[n] = logsumexp(row, V) - row[tgt];
+    }
+}
+
+// dlogits (N,V) = (softmax(logits) - onehot(target)) * dlosses[n]; may alias logits.
+// The forward's loss gives logsumexp back: lse = loss + logit[target].
+void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const float* dlosses,
+                               const int* targets, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* row = logits + (size_t)n * V;
+        float* d = dlogits + (size_t)n * V;
+        float dl = dlosses[n];
+        int tgt = targets[n];
+        if (dl == 0.0f || tgt < 0) {
+            for (int i = 0; i < V; i++) d[i] = 0.0f;
+            continue;
+        }
+        float lse = losses[n] + row[tgt];
+        #pragma omp simd
+        for (int i = 0; i < V; i++) d[i] = exp_fast(row[i] - lse) * dl;
+        d[tgt] -= dl;
+    }
+}
