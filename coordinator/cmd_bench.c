@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <cblas.h>
 #include "common/args.h"
 #include "common/check.h"
 #include "common/rng.h"
@@ -36,7 +37,7 @@ static double train_flops(const GPTConfig* c, int B, int T) {
 }
 
 typedef struct {
-    int layers, heads, embd, vocab, ctx, batch, seq, steps, threads, new_tokens;
+    int layers, heads, embd, vocab, ctx, batch, seq, steps, threads, new_tokens, size;
     uint64_t seed;
 } BenchArgs;
 
@@ -138,17 +139,39 @@ static int bench_generate(const BenchArgs* a) {
     return 0;
 }
 
+// The machine's sgemm ceiling through the same OpenBLAS: size^3, best of steps.
+static int bench_sgemm(int size, int steps) {
+    size_t n = (size_t)size * size;
+    float* a = mallocCheck(n * sizeof(float));
+    float* b = mallocCheck(n * sizeof(float));
+    float* c = mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) { a[i] = 0.001f * (float)(i % 97); b[i] = 0.002f * (float)(i % 89); c[i] = 0.0f; }
+    double best = 1e30;
+    for (int s = 0; s <= steps; s++) {
+        double t0 = now_ms();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, size, size, size, 1.0f, a, size, b, size, 0.0f, c, size);
+        double t = now_ms() - t0;
+        if (s > 0 && t < best) best = t;
+    }
+    printf("{\"bench\": \"sgemm\", \"size\": %d, \"threads\": %d, \"ms\": %.2f, \"gflops\": %.1f}\n", size,
+           ops_cpu_threads(), best, 2.0 * size * (double)n / (best * 1e6));
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}
+
 int cmd_bench(int argc, char** argv) {
-    if (argc < 2 || (strcmp(argv[1], "train") && strcmp(argv[1], "generate"))) {
+    if (argc < 2 || (strcmp(argv[1], "train") && strcmp(argv[1], "generate") && strcmp(argv[1], "sgemm"))) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            printf("usage: rlhfd bench train|generate [options]   (rlhfd bench train --help)\n");
+            printf("usage: rlhfd bench train|generate|sgemm [options]   (rlhfd bench train --help)\n");
             return 0;
         }
-        args_fail("bench", "expected 'train' or 'generate'");
+        args_fail("bench", "expected 'train', 'generate' or 'sgemm'");
     }
     const char* what = argv[1];
     BenchArgs a = {.layers = 12, .heads = 12, .embd = 768, .vocab = 50257, .ctx = 1024, .batch = 4, .seq = 64,
-                   .steps = 5, .threads = 0, .new_tokens = 64, .seed = 1337};
+                   .steps = 5, .threads = 0, .new_tokens = 64, .size = 2048, .seed = 1337};
     ArgSpec specs[] = {
         {"layers", ARG_INT, &a.layers, "L: transformer blocks (default 12)"},
         {"heads", ARG_INT, &a.heads, "H: attention heads (default 12)"},
@@ -161,12 +184,14 @@ int cmd_bench(int argc, char** argv) {
         {"new-tokens", ARG_INT, &a.new_tokens, "N: generate: new tokens per sequence (default 64)"},
         {"threads", ARG_INT, &a.threads, "N: threads (default: OMP_NUM_THREADS or all cores)"},
         {"seed", ARG_U64, &a.seed, "S: random seed (default 1337)"},
+        {"size", ARG_INT, &a.size, "N: sgemm: matrix size (default 2048)"},
     };
-    args_parse("bench", "train|generate [options]", specs, sizeof specs / sizeof specs[0], argc - 1, argv + 1);
+    args_parse("bench", "train|generate|sgemm [options]", specs, sizeof specs / sizeof specs[0], argc - 1, argv + 1);
     if (a.layers <= 0 || a.heads <= 0 || a.embd <= 0 || a.vocab <= 0 || a.ctx <= 0 || a.batch <= 0 || a.seq <= 0 ||
-        a.steps <= 0 || a.new_tokens <= 0)
+        a.steps <= 0 || a.new_tokens <= 0 || a.size <= 0)
         args_fail("bench", "sizes and counts must be positive");
     if (a.embd % a.heads) args_fail("bench", "--embd %d must be divisible by --heads %d", a.embd, a.heads);
     ops_cpu_set_threads(a.threads);
+    if (!strcmp(what, "sgemm")) return bench_sgemm(a.size, a.steps);
     return !strcmp(what, "train") ? bench_train(&a) : bench_generate(&a);
 }

@@ -1,0 +1,376 @@
+// config.c - the key registry, INI loading (libinih), typed getters.
+#include "config.h"
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include <strings.h>
+#include <ini.h>
+#include "check.h"
+
+#define NOLIM 1e300 // "no bound" for min/max
+
+// ----------------------------------------------------------------------------
+// The registry. One line per key: key, type, default, min, max, doc.
+// min/max are ignored for STR and BOOL.
+
+static const ConfigKey CONFIG_KEYS[] = {
+    // model shape (ignored where model.init gives a model: taken from it)
+    {"model.layers", CONFIG_INT, "2", 1, 1024, "number of transformer blocks (L)"},
+    {"model.heads", CONFIG_INT, "2", 1, 1024, "attention heads (NH); must divide model.embd"},
+    {"model.embd", CONFIG_INT, "64", 1, 65536, "channels (C)"},
+    {"model.vocab", CONFIG_INT, "50257", 1, 65536, "vocabulary size (V); 50257 = GPT-2 BPE"},
+    {"model.ctx", CONFIG_INT, "64", 1, 1 << 20, "context length (max sequence length)"},
+    {"model.init", CONFIG_STR, "", 0, 0, "model to start from (checkpoint dir, run dir, HF dir, llm.c .bin); empty = random init"},
+    // optimisation
+    {"train.batch", CONFIG_INT, "4", 1, 1 << 20, "sequences per step (B)"},
+    {"train.seq", CONFIG_INT, "0", 0, 1 << 20, "tokens per sequence (T); 0 = model.ctx"},
+    {"train.steps", CONFIG_INT, "100", 1, INT_MAX, "optimizer steps"},
+    {"train.lr", CONFIG_FLOAT, "6e-4", 0, 10, "peak learning rate (after warmup)"},
+    {"train.min_lr", CONFIG_FLOAT, "6e-5", 0, 10, "final learning rate of the cosine decay"},
+    {"train.warmup", CONFIG_INT, "10", 0, INT_MAX, "linear warmup steps"},
+    {"train.weight_decay", CONFIG_FLOAT, "0.1", 0, 10, "AdamW decoupled weight decay (2-D weights only)"},
+    {"train.beta1", CONFIG_FLOAT, "0.9", 0, 0.999999, "AdamW beta1"},
+    {"train.beta2", CONFIG_FLOAT, "0.95", 0, 0.99999999, "AdamW beta2"},
+    {"train.eps", CONFIG_FLOAT, "1e-8", 1e-30, 1, "AdamW epsilon"},
+    {"train.grad_clip", CONFIG_FLOAT, "1.0", 0, NOLIM, "max global gradient norm; 0 = no clipping"},
+    {"train.seed", CONFIG_INT, "1337", 0, INT_MAX, "seed of the random init and the data order"},
+    {"train.eval_every", CONFIG_INT, "50", 0, INT_MAX, "val loss every N steps (and at the end); 0 = only at the end"},
+    {"train.eval_batches", CONFIG_INT, "8", 1, INT_MAX, "batches of data.val per evaluation"},
+    {"train.checkpoint_every", CONFIG_INT, "0", 0, INT_MAX, "checkpoint every N steps (and at the end); 0 = only at the end"},
+    {"train.keep_checkpoints", CONFIG_INT, "3", 0, INT_MAX, "keep the last K checkpoints; 0 = keep all"},
+    {"train.log_every", CONFIG_INT, "10", 1, INT_MAX, "progress line on stderr every N steps"},
+    {"train.threads", CONFIG_INT, "0", 0, 4096, "CPU threads (OpenMP + BLAS); 0 = default"},
+    // data
+    {"data.train", CONFIG_STR, "data/dl/fortunes.bin", 0, 0, "training token shard(s): comma-separated paths or globs"},
+    {"data.val", CONFIG_STR, "", 0, 0, "validation token shard(s); empty = no val loss"},
+    // outputs
+    {"run.dir", CONFIG_STR, "runs/pretrain", 0, 0, "run directory: metrics.jsonl, ckpt-NNNNNNNN/"},
+};
+#define NUM_CONFIG_KEYS ((int)(sizeof CONFIG_KEYS / sizeof CONFIG_KEYS[0]))
+
+// ----------------------------------------------------------------------------
+
+typedef struct {
+    long long i;  // INT, BOOL
+    double f;     // FLOAT
+    char* s;      // STR (owned)
+    char* origin; // owned; "default", "file.ini:7", "--set"
+    int is_set;
+} ConfigValue;
+
+struct Config {
+    ConfigValue values[NUM_CONFIG_KEYS];
+};
+
+static int key_index(const char* key) {
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++)
+        if (!strcmp(CONFIG_KEYS[i].key, key)) return i;
+    return -1;
+}
+
+static char* dup_string(const char* s) {
+    size_t n = strlen(s) + 1;
+    char* d = mallocCheck(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+// ---- nearest key (for "did you mean")
+
+static int levenshtein(const char* a, const char* b) {
+    size_t na = strlen(a), nb = strlen(b);
+    int* prev = mallocCheck((nb + 1) * sizeof(int));
+    int* cur = mallocCheck((nb + 1) * sizeof(int));
+    for (size_t j = 0; j <= nb; j++) prev[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        cur[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        int* t = prev; prev = cur; cur = t;
+    }
+    int d = prev[nb];
+    free(prev);
+    free(cur);
+    return d;
+}
+
+// "learning_rate" -> "lr": people spell out what the registry abbreviates.
+static void initials(const char* name, char* out, size_t cap) {
+    size_t n = 0;
+    for (const char* p = name; *p && n + 1 < cap; p++)
+        if (p == name || p[-1] == '_' || p[-1] == '-') out[n++] = *p;
+    out[n] = '\0';
+}
+
+const char* config_nearest_key(const char* key) {
+    const char* dot = strchr(key, '.');
+    const char* name = dot ? dot + 1 : key;
+    size_t sec_len = dot ? (size_t)(dot - key) : 0;
+    char abbrev[64];
+    initials(name, abbrev, sizeof abbrev);
+    int best = -1, best_score = INT_MAX;
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        const char* k = CONFIG_KEYS[i].key;
+        const char* kname = strchr(k, '.') + 1;
+        int same_section = dot && (size_t)(kname - 1 - k) == sec_len && !strncmp(k, key, sec_len);
+        int score = levenshtein(key, k);
+        int by_name = levenshtein(name, kname) + (same_section ? 0 : 1);
+        if (by_name < score) score = by_name;
+        if (strlen(abbrev) > 1 && !strcmp(abbrev, kname) && 1 + !same_section < score)
+            score = 1 + !same_section;
+        if (score < best_score) { best_score = score; best = i; }
+    }
+    return CONFIG_KEYS[best].key;
+}
+
+// ---- values
+
+static const char* type_expectation(const ConfigKey* k, char* buf, size_t cap) {
+    switch (k->type) {
+    case CONFIG_INT:
+        if (k->max >= INT_MAX) snprintf(buf, cap, "an integer >= %.0f", k->min);
+        else snprintf(buf, cap, "an integer in [%.0f, %.0f]", k->min, k->max);
+        break;
+    case CONFIG_FLOAT:
+        if (k->max >= NOLIM) snprintf(buf, cap, "a number >= %g", k->min);
+        else snprintf(buf, cap, "a number in [%g, %g]", k->min, k->max);
+        break;
+    case CONFIG_BOOL: snprintf(buf, cap, "a boolean (true/false, yes/no, on/off, 1/0)"); break;
+    case CONFIG_STR: snprintf(buf, cap, "a string"); break;
+    }
+    return buf;
+}
+
+// Parses `text` as key k's type into v. Returns 0 when it is not valid.
+static int parse_value(const ConfigKey* k, const char* text, ConfigValue* v) {
+    char* end = NULL;
+    errno = 0;
+    switch (k->type) {
+    case CONFIG_INT: {
+        long long x = strtoll(text, &end, 10);
+        if (errno || end == text || *end || x < (long long)k->min || x > (long long)k->max) return 0;
+        v->i = x;
+        return 1;
+    }
+    case CONFIG_FLOAT: {
+        double x = strtod(text, &end);
+        if (errno || end == text || *end || !isfinite(x) || x < k->min || x > k->max) return 0;
+        v->f = x;
+        return 1;
+    }
+    case CONFIG_BOOL: {
+        static const char* const yes[] = {"true", "yes", "on", "1"};
+        static const char* const no[] = {"false", "no", "off", "0"};
+        for (int i = 0; i < 4; i++) {
+            if (!strcasecmp(text, yes[i])) { v->i = 1; return 1; }
+            if (!strcasecmp(text, no[i])) { v->i = 0; return 1; }
+        }
+        return 0;
+    }
+    case CONFIG_STR:
+        free(v->s);
+        v->s = dup_string(text);
+        return 1;
+    }
+    return 0;
+}
+
+// Sets key (full "section.name") from text. `where` names the source in
+// errors ("tiny.ini:7", "--set"); it becomes the value's origin.
+static void set_from_text(Config* cfg, const char* key, const char* text, const char* where) {
+    int i = key_index(key);
+    if (i < 0)
+        fatalf("%s: unknown key '%s' (did you mean '%s'?)", where, key, config_nearest_key(key));
+    const ConfigKey* k = &CONFIG_KEYS[i];
+    ConfigValue* v = &cfg->values[i];
+    if (!parse_value(k, text, v)) {
+        char want[96];
+        fatalf("%s: bad value '%s' for '%s': expected %s", where, text, key,
+               type_expectation(k, want, sizeof want));
+    }
+    free(v->origin);
+    v->origin = dup_string(where);
+    v->is_set = 1;
+}
+
+Config* config_new(void) {
+    Config* cfg = callocCheck(1, sizeof(Config));
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        const ConfigKey* k = &CONFIG_KEYS[i];
+        if (!parse_value(k, k->def, &cfg->values[i])) {
+            fprintf(stderr, "rlhfd: internal error: default '%s' of %s is not valid\n", k->def, k->key);
+            abort();
+        }
+        cfg->values[i].origin = dup_string("default");
+    }
+    return cfg;
+}
+
+void config_free(Config* cfg) {
+    if (!cfg) return;
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        free(cfg->values[i].s);
+        free(cfg->values[i].origin);
+    }
+    free(cfg);
+}
+
+// ---- INI files
+
+typedef struct {
+    Config* cfg;
+    const char* path;
+    FILE* f;
+    int line; // number of the line inih is handling
+} IniReader;
+
+// inih asks for one line per call; counting them gives handlers the line
+// number (Debian's inih is built without INI_HANDLER_LINENO).
+static char* ini_read_line(char* str, int num, void* stream) {
+    IniReader* r = (IniReader*)stream;
+    char* got = fgets(str, num, r->f);
+    if (!got) return NULL;
+    r->line++;
+    size_t n = strlen(str);
+    if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(r->f))
+        fatalf("%s:%d: line too long (at most %d characters)", r->path, r->line, num - 2);
+    return got;
+}
+
+static int ini_handle(void* user, const char* section, const char* name, const char* value) {
+    IniReader* r = (IniReader*)user;
+    char where[512], key[256];
+    snprintf(where, sizeof where, "%s:%d", r->path, r->line);
+    if (!name) return 1; // a bare "[section]" line (INI_CALL_HANDLER_ON_NEW_SECTION)
+    if (section[0]) snprintf(key, sizeof key, "%s.%s", section, name);
+    else snprintf(key, sizeof key, "%s", name);
+    set_from_text(r->cfg, key, value, where);
+    return 1;
+}
+
+void config_load_file(Config* cfg, const char* path) {
+    FILE* f = fopen(path, "r");
+    if (!f) fatalf("cannot read config '%s': %s", path, strerror(errno));
+    IniReader r = {cfg, path, f, 0};
+    int err = ini_parse_stream(ini_read_line, &r, ini_handle, &r);
+    fclose(f);
+    if (err > 0) fatalf("%s:%d: syntax error (expected '[section]' or 'key = value')", path, err);
+    if (err < 0) fatalf("cannot parse config '%s' (out of memory)", path);
+}
+
+void config_set(Config* cfg, const char* assignment, const char* origin) {
+    const char* eq = strchr(assignment, '=');
+    if (!eq || eq == assignment)
+        fatalf("%s: expected 'section.key=value', got '%s'", origin, assignment);
+    char key[256];
+    size_t n = (size_t)(eq - assignment);
+    while (n > 0 && assignment[n - 1] == ' ') n--;
+    if (n >= sizeof key) fatalf("%s: key too long in '%s'", origin, assignment);
+    memcpy(key, assignment, n);
+    key[n] = '\0';
+    const char* value = eq + 1;
+    while (*value == ' ') value++;
+    set_from_text(cfg, key, value, origin);
+}
+
+void config_set_value(Config* cfg, const char* key, const char* value, const char* origin) {
+    set_from_text(cfg, key, value, origin);
+}
+
+// ---- getters
+
+static const ConfigValue* lookup(const Config* cfg, const char* key, ConfigType type) {
+    int i = key_index(key);
+    if (i < 0 || CONFIG_KEYS[i].type != type) {
+        fprintf(stderr, "rlhfd: internal error: config key '%s' %s\n", key,
+                i < 0 ? "is not registered" : "read with the wrong type");
+        abort();
+    }
+    return &cfg->values[i];
+}
+
+int config_int(const Config* cfg, const char* key) { return (int)lookup(cfg, key, CONFIG_INT)->i; }
+double config_double(const Config* cfg, const char* key) { return lookup(cfg, key, CONFIG_FLOAT)->f; }
+float config_float(const Config* cfg, const char* key) { return (float)config_double(cfg, key); }
+const char* config_str(const Config* cfg, const char* key) { return lookup(cfg, key, CONFIG_STR)->s; }
+int config_bool(const Config* cfg, const char* key) { return (int)lookup(cfg, key, CONFIG_BOOL)->i; }
+
+static const ConfigValue* lookup_any(const Config* cfg, const char* key) {
+    int i = key_index(key);
+    if (i < 0) {
+        fprintf(stderr, "rlhfd: internal error: config key '%s' is not registered\n", key);
+        abort();
+    }
+    return &cfg->values[i];
+}
+
+int config_is_set(const Config* cfg, const char* key) { return lookup_any(cfg, key)->is_set; }
+const char* config_origin(const Config* cfg, const char* key) { return lookup_any(cfg, key)->origin; }
+
+// ---- output
+
+json_t* config_to_json(const Config* cfg) {
+    json_t* obj = json_object();
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        const ConfigValue* v = &cfg->values[i];
+        json_t* j = NULL;
+        switch (CONFIG_KEYS[i].type) {
+        case CONFIG_INT: j = json_integer(v->i); break;
+        case CONFIG_FLOAT: j = json_real(v->f); break;
+        case CONFIG_STR: j = json_string(v->s); break;
+        case CONFIG_BOOL: j = json_boolean(v->i); break;
+        }
+        json_object_set_new(obj, CONFIG_KEYS[i].key, j);
+    }
+    return obj;
+}
+
+static void format_value(const ConfigKey* k, const ConfigValue* v, char* buf, size_t cap) {
+    switch (k->type) {
+    case CONFIG_INT: snprintf(buf, cap, "%lld", v->i); break;
+    case CONFIG_FLOAT: snprintf(buf, cap, "%.9g", v->f); break;
+    case CONFIG_STR: snprintf(buf, cap, "%s", v->s); break;
+    case CONFIG_BOOL: snprintf(buf, cap, "%s", v->i ? "true" : "false"); break;
+    }
+}
+
+// Prints keys grouped by section, in registry order (sections are contiguous).
+void config_print(const Config* cfg, FILE* f) {
+    const char* section = NULL;
+    size_t section_len = 0;
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        const char* key = CONFIG_KEYS[i].key;
+        const char* dot = strchr(key, '.');
+        size_t len = (size_t)(dot - key);
+        if (!section || len != section_len || strncmp(section, key, len)) {
+            fprintf(f, "%s[%.*s]\n", section ? "\n" : "", (int)len, key);
+            section = key;
+            section_len = len;
+        }
+        char val[1024];
+        format_value(&CONFIG_KEYS[i], &cfg->values[i], val, sizeof val);
+        char line[1400];
+        snprintf(line, sizeof line, "%s = %s", dot + 1, val);
+        fprintf(f, "%-40s ; %s\n", line, cfg->values[i].origin);
+    }
+}
+
+void config_print_help(FILE* f) {
+    static const char* const type_names[] = {"int", "float", "string", "bool"};
+    for (int i = 0; i < NUM_CONFIG_KEYS; i++) {
+        const ConfigKey* k = &CONFIG_KEYS[i];
+        char def[128];
+        snprintf(def, sizeof def, "%s (default '%s')", type_names[k->type], k->def);
+        fprintf(f, "  %-24s %-36s %s\n", k->key, def, k->doc);
+    }
+}
+
+const ConfigKey* config_keys(int* n) {
+    if (n) *n = NUM_CONFIG_KEYS;
+    return CONFIG_KEYS;
+}

@@ -1,0 +1,297 @@
+// cmd_pretrain.c - `rlhfd pretrain`: next-token training of a GPT on token shards.
+//
+// One step: sample B random windows of T+1 tokens, forward + backward on the
+// mean cross-entropy, AdamW with global-norm clipping, LR from warmup+cosine.
+// Outputs in run.dir: metrics.jsonl (a JSON object per step), config.json,
+// ckpt-NNNNNNNN/ (every train.checkpoint_every steps and at the end, keeping
+// the last train.keep_checkpoints). Last stdout line: a JSON summary.
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+#include "commands.h"
+#include "train_util.h"
+#include "../common/args.h"
+#include "../common/check.h"
+#include "../common/config.h"
+#include "../common/rng.h"
+#include "../kernels/ops.h"
+#include "../worker/gpt.h"
+#include "../worker/model_io.h"
+
+#define CMD "pretrain"
+
+static const char* const SYNOPSIS =
+    "[--config FILE] [--set KEY=VALUE]... [--model PATH] [--print-config]\n"
+    "\n"
+    "Trains a GPT on token shards (data.train) with AdamW, linear warmup then cosine\n"
+    "decay to train.min_lr. Config sources apply in order, later wins: defaults,\n"
+    "--config FILE, each --set, --model. From scratch the model is randomly\n"
+    "initialised from train.seed. With --model (or model.init) training starts from\n"
+    "that model's weights (only: AdamW moments start at zero, steps count from 1)\n"
+    "and its shape is taken from it: model.* keys left unset are filled in from\n"
+    "the model, ones set explicitly must agree.\n"
+    "Batches: each row is a window of train.seq+1 tokens at a start drawn uniformly\n"
+    "from all positions of all shards, from a generator seeded by train.seed, so the\n"
+    "same config and seed give the same metrics (except timings). Val loss (if\n"
+    "data.val is set) is over the first train.eval_batches batches of consecutive\n"
+    "windows of data.val. Relative paths are relative to the working directory.\n"
+    "Keys: rlhfd pretrain --help-config.";
+
+// The model.* keys and the GPTConfig fields they describe.
+typedef struct {
+    const char* key;
+    size_t offset;
+} ShapeKey;
+static const ShapeKey SHAPE_KEYS[] = {
+    {"model.layers", offsetof(GPTConfig, num_layers)},
+    {"model.heads", offsetof(GPTConfig, num_heads)},
+    {"model.embd", offsetof(GPTConfig, channels)},
+    {"model.vocab", offsetof(GPTConfig, vocab_size)},
+    {"model.ctx", offsetof(GPTConfig, max_seq_len)},
+};
+#define NUM_SHAPE_KEYS ((int)(sizeof SHAPE_KEYS / sizeof SHAPE_KEYS[0]))
+
+static int* shape_field(GPTConfig* c, int i) { return (int*)((char*)c + SHAPE_KEYS[i].offset); }
+
+static GPTConfig shape_from_config(const Config* cfg) {
+    GPTConfig c;
+    for (int i = 0; i < NUM_SHAPE_KEYS; i++) *shape_field(&c, i) = config_int(cfg, SHAPE_KEYS[i].key);
+    return c;
+}
+
+// A loaded model fixes the shape: explicit model.* must agree, the rest
+// are filled in so config.json and checkpoints describe the real model.
+static void adopt_model_shape(Config* cfg, GPTConfig got, const char* path) {
+    for (int i = 0; i < NUM_SHAPE_KEYS; i++) {
+        const char* key = SHAPE_KEYS[i].key;
+        int have = *shape_field(&got, i);
+        if (config_is_set(cfg, key) && config_int(cfg, key) != have)
+            fatalf("%s: %s = %d, but model '%s' has %d (drop the key to take the model's)",
+                   config_origin(cfg, key), key, config_int(cfg, key), path, have);
+        char text[32];
+        snprintf(text, sizeof text, "%d", have);
+        config_set_value(cfg, key, text, "model.init");
+    }
+}
+
+static void write_json_line(FILE* f, json_t* obj) {
+    char* s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!s) fatalf("cannot format JSON (out of memory)");
+    fputs(s, f);
+    fputc('\n', f);
+    free(s);
+}
+
+static void write_config_json(const char* run_dir, const Config* cfg) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    json_t* j = config_to_json(cfg);
+    if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0)
+        fatalf("cannot write '%s'", path);
+    json_decref(j);
+}
+
+static void save_checkpoint(const GPT* model, const Config* cfg, const char* run_dir, int step,
+                            double loss, double val_loss, size_t tokens, char* path, size_t cap) {
+    snprintf(path, cap, "%s/ckpt-%08d", run_dir, step);
+    json_t* state = json_object();
+    json_object_set_new(state, "kind", json_string("pretrain"));
+    json_object_set_new(state, "step", json_integer(step));
+    json_object_set_new(state, "tokens", json_integer((json_int_t)tokens));
+    json_object_set_new(state, "loss", json_real(loss));
+    if (!isnan(val_loss)) json_object_set_new(state, "val_loss", json_real(val_loss));
+    json_object_set_new(state, "config", config_to_json(cfg));
+    checkpoint_save(model, path, state, 1);
+    json_decref(state);
+    int keep = config_int(cfg, "train.keep_checkpoints");
+    if (keep > 0) run_dir_prune(run_dir, keep);
+}
+
+int cmd_pretrain(int argc, char** argv) {
+    const char* config_path = NULL;
+    const char* model_path = NULL;
+    ArgList sets = {0};
+    int print_config = 0, help_config = 0, overwrite = 0;
+    const ArgSpec specs[] = {
+        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/tiny.ini"},
+        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. train.lr=1e-3 (repeatable)"},
+        {"model", ARG_STR, &model_path, "PATH: start from this model (= model.init); shape from it"},
+        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
+        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
+        {"overwrite", ARG_FLAG, &overwrite, "clear old checkpoints and metrics from run.dir first"},
+    };
+    args_parse(CMD, SYNOPSIS, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
+    if (help_config) {
+        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
+        config_print_help(stdout);
+        return 0;
+    }
+
+    // ---- config: defaults < file < --set < --model
+    Config* cfg = config_new();
+    if (config_path) config_load_file(cfg, config_path);
+    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
+    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
+    if (print_config) {
+        config_print(cfg, stdout);
+        config_free(cfg);
+        return 0;
+    }
+
+    ops_cpu_set_threads(config_int(cfg, "train.threads"));
+    const Ops* ops = ops_cpu();
+
+    // ---- model
+    GPT model;
+    memset(&model, 0, sizeof model);
+    const char* init = config_str(cfg, "model.init");
+    if (init[0]) {
+        json_t* init_state = NULL;
+        model_load(&model, init, ops, &init_state);
+        json_decref(init_state);
+        adopt_model_shape(cfg, model.config, init);
+    } else {
+        GPTConfig shape = shape_from_config(cfg);
+        gpt_config_check(&shape);
+        gpt_build(&model, shape, ops);
+        gpt_init_random(&model, (uint64_t)config_int(cfg, "train.seed"));
+    }
+    const int V = model.config.vocab_size;
+    const int B = config_int(cfg, "train.batch");
+    const int T = config_int(cfg, "train.seq") ? config_int(cfg, "train.seq") : model.config.max_seq_len;
+    if (T > model.config.max_seq_len)
+        fatalf("%s: train.seq = %d exceeds the model's context %d (model.ctx)",
+               config_origin(cfg, "train.seq"), T, model.config.max_seq_len);
+    const int steps = config_int(cfg, "train.steps");
+
+    // ---- data
+    TokenData train_data, val_data;
+    token_data_open(&train_data, config_str(cfg, "data.train"), V, "data.train");
+    token_data_require_window(&train_data, T, "data.train");
+    const int has_val = config_str(cfg, "data.val")[0] != '\0';
+    if (has_val) {
+        token_data_open(&val_data, config_str(cfg, "data.val"), V, "data.val");
+        if (token_data_num_windows(&val_data, T) == 0)
+            fatalf("data.val: %zu tokens, fewer than one window of %d (seq + 1)", val_data.num_tokens, T + 1);
+    }
+
+    // ---- run dir
+    const char* run_dir = config_str(cfg, "run.dir");
+    if (!run_dir[0]) fatalf("%s: run.dir is empty", config_origin(cfg, "run.dir"));
+    make_dirs(run_dir);
+    int* old_steps = NULL;
+    int num_old = run_dir_list(run_dir, &old_steps);
+    free(old_steps);
+    if (num_old > 0) {
+        if (!overwrite)
+            fatalf("run dir '%s' already holds checkpoints (set another run.dir, or pass --overwrite)", run_dir);
+        run_dir_clear(run_dir);
+    }
+    write_config_json(run_dir, cfg);
+    char metrics_path[4096];
+    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
+    FILE* metrics = fopen(metrics_path, "w");
+    if (!metrics) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
+
+    fprintf(stderr,
+            "pretrain: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d T=%d steps=%d | "
+            "train %zu tokens in %d shard(s) | run dir %s\n",
+            model.config.num_layers, model.config.num_heads, model.config.channels, V,
+            model.config.max_seq_len, model.num_parameters, init[0] ? init : "random init", B, T,
+            steps, train_data.num_tokens, train_data.num_shards, run_dir);
+
+    // ---- train
+    AdamWConfig adamw = {
+        .lr = config_float(cfg, "train.lr"),
+        .beta1 = config_float(cfg, "train.beta1"),
+        .beta2 = config_float(cfg, "train.beta2"),
+        .eps = config_float(cfg, "train.eps"),
+        .weight_decay = config_float(cfg, "train.weight_decay"),
+        .grad_clip = config_float(cfg, "train.grad_clip"),
+    };
+    const float peak_lr = adamw.lr, min_lr = config_float(cfg, "train.min_lr");
+    const int warmup = config_int(cfg, "train.warmup");
+    const int eval_every = config_int(cfg, "train.eval_every");
+    const int eval_batches = config_int(cfg, "train.eval_batches");
+    const int ckpt_every = config_int(cfg, "train.checkpoint_every");
+    const int log_every = config_int(cfg, "train.log_every");
+
+    Rng data_rng; // its own stream: the data order does not depend on the init
+    rng_seed(&data_rng, (uint64_t)config_int(cfg, "train.seed") ^ 0xD1B54A32D192ED03ull);
+    int* inputs = mallocCheck((size_t)B * T * sizeof(int));  // (B,T)
+    int* targets = mallocCheck((size_t)B * T * sizeof(int)); // (B,T)
+
+    const double t_start = now_seconds();
+    double train_seconds = 0.0, loss = 0.0, val_loss = NAN;
+    size_t tokens = 0;
+    char ckpt_path[4200] = "";
+    for (int step = 1; step <= steps; step++) {
+        double t0 = now_seconds();
+        token_data_random_batch(&train_data, &data_rng, inputs, targets, B, T);
+        adamw.lr = lr_schedule(step, steps, warmup, peak_lr, min_lr);
+        gpt_forward(&model, inputs, targets, NULL, B, T);
+        loss = model.mean_loss;
+        if (!isfinite(loss))
+            fatalf("loss is %g at step %d (try a lower train.lr)", loss, step);
+        gpt_zero_grad(&model);
+        gpt_backward(&model);
+        float grad_norm = gpt_update(&model, &adamw);
+        double dt = now_seconds() - t0;
+        train_seconds += dt;
+        tokens += (size_t)B * T;
+
+        int is_last = step == steps;
+        int eval_now = has_val && (is_last || (eval_every > 0 && step % eval_every == 0));
+        if (eval_now) val_loss = eval_windows(&model, &val_data, B, T, (size_t)eval_batches * B, NULL);
+
+        json_t* row = json_object();
+        json_object_set_new(row, "step", json_integer(step));
+        json_object_set_new(row, "loss", json_real(loss));
+        json_object_set_new(row, "lr", json_real(adamw.lr));
+        json_object_set_new(row, "grad_norm", json_real(grad_norm));
+        json_object_set_new(row, "tokens", json_integer((json_int_t)tokens));
+        if (eval_now) json_object_set_new(row, "val_loss", json_real(val_loss));
+        json_object_set_new(row, "ms", json_real(dt * 1e3));
+        json_object_set_new(row, "tokens_per_s", json_real(dt > 0 ? B * T / dt : 0.0));
+        write_json_line(metrics, row);
+        json_decref(row);
+        fflush(metrics);
+
+        if (step == 1 || is_last || step % log_every == 0) {
+            char eta[32], val_text[32] = "";
+            format_duration(train_seconds / step * (steps - step), eta, sizeof eta);
+            if (eval_now) snprintf(val_text, sizeof val_text, " | val %.4f", val_loss);
+            fprintf(stderr, "step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
+                    snprintf(NULL, 0, "%d", steps), step, steps, loss, val_text, adamw.lr,
+                    grad_norm, train_seconds > 0 ? tokens / train_seconds : 0.0, eta);
+        }
+        if (is_last || (ckpt_every > 0 && step % ckpt_every == 0))
+            save_checkpoint(&model, cfg, run_dir, step, loss, val_loss, tokens, ckpt_path,
+                            sizeof ckpt_path);
+    }
+    if (fclose(metrics) != 0) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
+
+    // ---- summary: the last stdout line
+    json_t* summary = json_object();
+    json_object_set_new(summary, "steps", json_integer(steps));
+    json_object_set_new(summary, "loss", json_real(loss));
+    json_object_set_new(summary, "val_loss", isnan(val_loss) ? json_null() : json_real(val_loss));
+    json_object_set_new(summary, "tokens", json_integer((json_int_t)tokens));
+    json_object_set_new(summary, "seconds", json_real(now_seconds() - t_start));
+    json_object_set_new(summary, "params", json_integer((json_int_t)model.num_parameters));
+    json_object_set_new(summary, "checkpoint", json_string(ckpt_path));
+    json_object_set_new(summary, "run_dir", json_string(run_dir));
+    write_json_line(stdout, summary);
+    json_decref(summary);
+
+    free(inputs);
+    free(targets);
+    token_data_free(&train_data);
+    if (has_val) token_data_free(&val_data);
+    gpt_free(&model);
+    config_free(cfg);
+    return 0;
+}

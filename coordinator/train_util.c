@@ -1,0 +1,210 @@
+// train_util.c - token data, LR schedule, evaluation, run dirs, timing.
+#define _GNU_SOURCE // nftw FTW_PHYS/FTW_DEPTH
+#include "train_util.h"
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <glob.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include "../common/check.h"
+
+// ----------------------------------------------------------------------------
+// token data
+
+static void add_shard(TokenData* d, const char* path, int vocab) {
+    d->shards = reallocCheck(d->shards, (size_t)(d->num_shards + 1) * sizeof(TokenShard));
+    d->paths = reallocCheck(d->paths, (size_t)(d->num_shards + 1) * sizeof(char*));
+    TokenShard* s = &d->shards[d->num_shards];
+    memset(s, 0, sizeof *s);
+    shard_read(s, path, vocab);
+    d->paths[d->num_shards] = strdup(path);
+    if (!d->paths[d->num_shards]) fatalf("out of memory");
+    d->num_shards++;
+    d->num_tokens += s->ntok;
+}
+
+void token_data_open(TokenData* d, const char* spec, int vocab, const char* what) {
+    memset(d, 0, sizeof *d);
+    if (!spec || !spec[0]) fatalf("%s: no token shard given", what);
+    char* list = strdup(spec);
+    if (!list) fatalf("out of memory");
+    char* save = NULL;
+    for (char* item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ') item++;
+        size_t n = strlen(item);
+        while (n > 0 && item[n - 1] == ' ') item[--n] = '\0';
+        if (!n) continue;
+        if (!strpbrk(item, "*?[")) { // a plain path: shard_read names it if it is missing
+            add_shard(d, item, vocab);
+            continue;
+        }
+        glob_t g;
+        int rc = glob(item, 0, NULL, &g);
+        if (rc == GLOB_NOMATCH) fatalf("%s: no file matches '%s'", what, item);
+        if (rc != 0) fatalf("%s: cannot expand '%s'", what, item);
+        for (size_t i = 0; i < g.gl_pathc; i++) add_shard(d, g.gl_pathv[i], vocab);
+        globfree(&g);
+    }
+    free(list);
+    if (d->num_shards == 0) fatalf("%s: no token shard given", what);
+}
+
+void token_data_free(TokenData* d) {
+    for (int i = 0; i < d->num_shards; i++) {
+        shard_free(&d->shards[i]);
+        free(d->paths[i]);
+    }
+    free(d->shards);
+    free(d->paths);
+    memset(d, 0, sizeof *d);
+}
+
+void token_data_require_window(const TokenData* d, int T, const char* what) {
+    for (int i = 0; i < d->num_shards; i++)
+        if (d->shards[i].ntok < (size_t)T + 1)
+            fatalf("%s: shard '%s' has %zu tokens, fewer than one window of %d (seq + 1)", what,
+                   d->paths[i], d->shards[i].ntok, T + 1);
+}
+
+static void copy_window(const uint16_t* tok, int T, int* inputs, int* targets) {
+    for (int t = 0; t < T; t++) {
+        inputs[t] = tok[t];
+        targets[t] = tok[t + 1];
+    }
+}
+
+void token_data_random_batch(const TokenData* d, Rng* rng, int* inputs, int* targets, int B, int T) {
+    size_t total_starts = 0; // valid window starts over all shards
+    for (int i = 0; i < d->num_shards; i++)
+        if (d->shards[i].ntok > (size_t)T) total_starts += d->shards[i].ntok - (size_t)T;
+    assertCheck(total_starts > 0);
+    for (int b = 0; b < B; b++) {
+        size_t r = (size_t)rng_below(rng, total_starts);
+        int i = 0;
+        for (;; i++) {
+            size_t starts = d->shards[i].ntok > (size_t)T ? d->shards[i].ntok - (size_t)T : 0;
+            if (r < starts) break;
+            r -= starts;
+        }
+        copy_window(d->shards[i].tokens + r, T, inputs + (size_t)b * T, targets + (size_t)b * T);
+    }
+}
+
+static size_t shard_windows(const TokenShard* s, int T) {
+    return s->ntok >= (size_t)T + 1 ? (s->ntok - (size_t)T - 1) / (size_t)T + 1 : 0;
+}
+
+size_t token_data_num_windows(const TokenData* d, int T) {
+    size_t n = 0;
+    for (int i = 0; i < d->num_shards; i++) n += shard_windows(&d->shards[i], T);
+    return n;
+}
+
+void token_data_window(const TokenData* d, size_t w, int T, int* inputs, int* targets) {
+    for (int i = 0; i < d->num_shards; i++) {
+        size_t n = shard_windows(&d->shards[i], T);
+        if (w < n) {
+            copy_window(d->shards[i].tokens + w * (size_t)T, T, inputs, targets);
+            return;
+        }
+        w -= n;
+    }
+    assertCheck(0 && "window index out of range");
+}
+
+double eval_windows(GPT* model, const TokenData* d, int B, int T, size_t max_windows,
+                    size_t* num_predicted) {
+    size_t nw = token_data_num_windows(d, T);
+    if (max_windows && nw > max_windows) nw = max_windows;
+    int* inputs = mallocCheck((size_t)B * T * sizeof(int));   // (B,T)
+    int* targets = mallocCheck((size_t)B * T * sizeof(int));  // (B,T)
+    double loss_sum = 0.0;
+    for (size_t w0 = 0; w0 < nw; w0 += (size_t)B) {
+        int rows = nw - w0 < (size_t)B ? (int)(nw - w0) : B;
+        for (int b = 0; b < rows; b++)
+            token_data_window(d, w0 + (size_t)b, T, inputs + (size_t)b * T, targets + (size_t)b * T);
+        // pad a short last batch with masked rows so the model sees one shape
+        for (size_t k = (size_t)rows * T; k < (size_t)B * T; k++) {
+            inputs[k] = 0;
+            targets[k] = -1;
+        }
+        gpt_forward(model, inputs, targets, NULL, B, T);
+        loss_sum += (double)model->mean_loss * rows * T;
+    }
+    free(inputs);
+    free(targets);
+    if (num_predicted) *num_predicted = nw * (size_t)T;
+    return nw ? loss_sum / ((double)nw * T) : 0.0;
+}
+
+// ----------------------------------------------------------------------------
+// learning rate
+
+float lr_schedule(int step, int total, int warmup, float lr, float min_lr) {
+    if (warmup > 0 && step <= warmup) return lr * (float)step / (float)warmup;
+    int decay_steps = total - warmup;
+    if (decay_steps <= 0) return lr;
+    double progress = (double)(step - warmup) / decay_steps; // (0, 1]
+    if (progress > 1.0) progress = 1.0;
+    return (float)(min_lr + 0.5 * (lr - min_lr) * (1.0 + cos(M_PI * progress)));
+}
+
+// ----------------------------------------------------------------------------
+// run directory
+
+void make_dirs(const char* path) {
+    char* p = strdup(path);
+    if (!p) fatalf("out of memory");
+    for (char* s = p + 1; ; s++) {
+        if (*s == '/' || *s == '\0') {
+            char c = *s;
+            *s = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) fatalf("cannot create directory '%s': %s", p, strerror(errno));
+            *s = c;
+            if (!c) break;
+        }
+    }
+    struct stat st;
+    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) fatalf("'%s' is not a directory", p);
+    free(p);
+}
+
+static int remove_entry(const char* path, const struct stat* st, int flag, struct FTW* ftw) {
+    (void)st; (void)flag; (void)ftw;
+    if (remove(path) != 0) fatalf("cannot remove '%s': %s", path, strerror(errno));
+    return 0;
+}
+
+void run_dir_clear(const char* dir) {
+    DIR* dp = opendir(dir);
+    if (!dp) return;
+    struct dirent* e;
+    char path[4096];
+    while ((e = readdir(dp))) {
+        if (strncmp(e->d_name, "ckpt-", 5) && strcmp(e->d_name, "metrics.jsonl")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+            fatalf("cannot remove '%s': %s", path, strerror(errno));
+    }
+    closedir(dp);
+}
+
+// ----------------------------------------------------------------------------
+// time
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void format_duration(double seconds, char* buf, size_t cap) {
+    if (!(seconds >= 0) || seconds > 1e9) seconds = 0;
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(buf, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+    else snprintf(buf, cap, "%ld:%02ld", s / 60, s % 60);
+}

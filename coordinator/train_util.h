@@ -1,0 +1,63 @@
+// train_util.h - pieces shared by the training commands (pretrain now; SFT,
+// RM, PPO later): token data over one or more shards, the LR schedule,
+// windowed evaluation, run directories, timing and progress lines.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+#include "../common/rng.h"
+#include "../common/shard.h"
+#include "../worker/gpt.h"
+
+// ---- token data: one or more shards read as one source of windows
+
+typedef struct {
+    TokenShard* shards;
+    char** paths;  // path of each shard (owned)
+    int num_shards;
+    size_t num_tokens; // over all shards
+} TokenData;
+
+// Opens the shards named by `spec`: comma-separated paths, each of which may
+// be a glob ("data/*.bin", expanded in sorted order). `what` names the source
+// in errors (e.g. "data.train"). Every token must be < vocab. Fatal on error.
+void token_data_open(TokenData* d, const char* spec, int vocab, const char* what);
+void token_data_free(TokenData* d);
+// Fatal unless every shard holds at least T+1 tokens (one full window).
+void token_data_require_window(const TokenData* d, int T, const char* what);
+
+// Training batches: each of the B rows is the window of T+1 tokens starting
+// at a position drawn uniformly from all valid starts over all shards
+// (windows never cross a shard boundary). Deterministic in the Rng state.
+// inputs, targets: (B,T); targets are the inputs shifted by one.
+void token_data_random_batch(const TokenData* d, Rng* rng, int* inputs, int* targets, int B, int T);
+
+// Evaluation windows: in each shard, windows start at 0, T, 2T, ... while
+// start+T+1 <= ntok; the windows of all shards are numbered in order.
+size_t token_data_num_windows(const TokenData* d, int T);
+// Window w: inputs (T) and targets (T).
+void token_data_window(const TokenData* d, size_t w, int T, int* inputs, int* targets);
+
+// Mean next-token cross-entropy over the first max_windows evaluation
+// windows (0 = all), B windows per forward; a short last batch is padded with
+// masked rows. *num_predicted receives windows*T. Uses model->mean_loss, so
+// it works with any backend.
+double eval_windows(GPT* model, const TokenData* d, int B, int T, size_t max_windows,
+                    size_t* num_predicted);
+
+// ---- learning rate: linear warmup over `warmup` steps, then cosine decay
+// from lr to min_lr, reaching min_lr at step `total`. step is 1-based.
+float lr_schedule(int step, int total, int warmup, float lr, float min_lr);
+
+// ---- run directory
+
+// mkdir -p; fatal on failure.
+void make_dirs(const char* path);
+// Removes every "ckpt-*" entry and metrics.jsonl from dir (recursively).
+void run_dir_clear(const char* dir);
+
+// ---- time and progress
+
+// Monotonic seconds.
+double now_seconds(void);
+// "1:02:03" / "2:03" into buf.
+void format_duration(double seconds, char* buf, size_t cap);

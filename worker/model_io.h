@@ -1,0 +1,84 @@
+// model_io.h - loading and saving GPT models: native checkpoints, run
+// directories, Hugging Face GPT-2 and llm.c .bin import/export.
+//
+// Native checkpoint = a directory:
+//   model.safetensors      the 16 tensors named GPT_PARAM_NAMES, shapes as in
+//                          gpt.h (qkvw (L,3C,C), ...); __metadata__ holds
+//                          format "rlhfd" and the config
+//   optimizer.safetensors  (optional) AdamW moments "m.<name>", "v.<name>";
+//                          __metadata__ adam_step
+//   state.json             {"format": "rlhfd", "version": 1, "step": N,
+//                           "config": {...}, "state": <caller object>,
+//                           "files": {"model.safetensors": {"bytes": N, "crc32": N}, ...}}
+// Checkpoints are written atomically (temp dir beside the target, fsync,
+// rename, fsync parent) and verified (size + crc32 of every file) on load.
+// Run directory = RUN_DIR/ckpt-%08d/ native checkpoints, one per step.
+//
+// Every function reports bad input with fatalf (path + reason, exit 1).
+#pragma once
+#include <stddef.h>
+#include <jansson.h>
+#include "gpt.h"
+
+typedef enum {
+    MODEL_NATIVE_DIR,   // native checkpoint directory
+    MODEL_NATIVE_FILE,  // a native model.safetensors on its own (no state.json)
+    MODEL_HF_DIR,       // config.json + model.safetensors
+    MODEL_HF_FILE,      // a Hugging Face model.safetensors (config.json beside it)
+    MODEL_LLMC,         // llm.c .bin (version 3 fp32, or 5 bf16)
+    MODEL_RUN_DIR,      // directory of ckpt-%08d checkpoints
+} ModelFormat;
+
+// Detects what path holds, by its contents; fatal if it is none of the above.
+ModelFormat model_detect(const char* path);
+const char* model_format_name(ModelFormat f);
+
+// Builds *model (gpt_build with ops) and fills its parameters from path, which
+// may be any ModelFormat (a run dir means its newest valid checkpoint).
+// state_out (may be NULL) receives the whole native state.json object (new
+// reference; the caller's saved state is under "state", the step under
+// "step"), or NULL for imports. model->adam_step is 0: optimizer state is only
+// loaded by checkpoint_load_optimizer.
+void model_load(GPT* model, const char* path, const Ops* ops, json_t** state_out);
+// Path model_load actually reads: for a run dir its newest valid checkpoint,
+// otherwise a copy of path. malloc'd; fatal if a run dir has no valid checkpoint.
+char* model_resolve(const char* path);
+
+// Writes a native checkpoint atomically to dir (replacing an existing
+// checkpoint of that name; refuses to replace anything else). state (may be
+// NULL, not stolen) is stored under "state"; "step" is model->adam_step.
+// with_optimizer: also writes the AdamW moments (zeros if none yet).
+void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer);
+// Restores m, v and adam_step saved with the checkpoint at dir into a model
+// already loaded from it (same config). Fatal if it was saved without them.
+void checkpoint_load_optimizer(GPT* model, const char* dir);
+// 1 if dir is a native checkpoint that lists optimizer.safetensors.
+int checkpoint_has_optimizer(const char* dir);
+// Verifies dir (state.json parses, every listed file has its size and crc32).
+// Returns 0 if valid, else -1 with a one-line reason in err. Never fatal.
+int checkpoint_verify(const char* dir, char* err, size_t errlen);
+
+// Hugging Face layout: dir/config.json + dir/model.safetensors (Conv1D (in,out)
+// weights, keys without the "transformer." prefix, no lm_head: tied).
+void model_export_hf(const GPT* model, const char* dir);
+// llm.c .bin version 3 (fp32), wte padded with zero rows to a multiple of 128.
+void model_export_llmc(const GPT* model, const char* path);
+
+// ---- run directories
+// malloc'd "RUN_DIR/ckpt-%08d".
+char* run_dir_checkpoint_path(const char* run_dir, int step);
+// Steps of the ckpt-* directories (valid or not), ascending; *steps_out is
+// malloc'd (free it). Returns the count (0 if run_dir cannot be read).
+int run_dir_list(const char* run_dir, int** steps_out);
+// Newest checkpoint that passes checkpoint_verify; invalid newer ones are
+// skipped with a warning on stderr. malloc'd path, or NULL if none.
+char* run_dir_latest_checkpoint(const char* run_dir);
+// Keeps the newest keep_last valid checkpoints (and any invalid ones newer
+// than the oldest kept) and deletes the older ones, plus stale temp dirs
+// left by crashed saves of other processes. Validity here = state.json parses
+// and every file has its recorded size (no crc pass: prune runs after every save).
+void run_dir_prune(const char* run_dir, int keep_last);
+
+// Fatal unless got equals want; names the first mismatched field, both values
+// and path (where got came from).
+void gpt_config_expect(const GPTConfig* want, const GPTConfig* got, const char* path);
