@@ -153,17 +153,15 @@ static void ensure_activations(GPT* model, int B, int T) {
     model->dlosses = ops->alloc((size_t)B * T * sizeof(float));
 }
 
-void gpt_forward(GPT* model, const int* inputs, const int* targets, const float* mask, int B, int T) {
+void gpt_forward_trunk(GPT* model, const int* inputs, int B, int T) {
     const GPTConfig* c = &model->config;
     const Ops* ops = model->ops;
     int V = c->vocab_size, L = c->num_layers, NH = c->num_heads, C = c->channels;
     if (B <= 0 || T <= 0) fatalf("empty batch (%dx%d)", B, T);
     if (T > c->max_seq_len) fatalf("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
     size_t BT = (size_t)B * T;
-    for (size_t i = 0; i < BT; i++) {
+    for (size_t i = 0; i < BT; i++)
         if (inputs[i] < 0 || inputs[i] >= V) fatalf("input token %d at position %zu is outside the vocab [0,%d)", inputs[i], i, V);
-        if (targets && targets[i] >= V) fatalf("target token %d at position %zu is outside the vocab [0,%d)", targets[i], i, V);
-    }
     ensure_activations(model, B, T);
     model->B = B;
     model->T = T;
@@ -203,7 +201,19 @@ void gpt_forward(GPT* model, const int* inputs, const int* targets, const float*
     }
     const float* last = a.residual3 + (size_t)(L - 1) * BT * C;
     ops->layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, BT, C);
-    ops->matmul_forward(a.logits, a.lnf, p.wte, NULL, BT, C, V); // tied LM head, (B,T,V)
+    model->mean_loss = -1.0f;
+}
+
+void gpt_forward(GPT* model, const int* inputs, const int* targets, const float* mask, int B, int T) {
+    const Ops* ops = model->ops;
+    int V = model->config.vocab_size, C = model->config.channels;
+    size_t BT = (size_t)B * T;
+    if (targets)
+        for (size_t i = 0; i < BT; i++)
+            if (targets[i] >= V) fatalf("target token %d at position %zu is outside the vocab [0,%d)", targets[i], i, V);
+    gpt_forward_trunk(model, inputs, B, T);
+    ActivationTensors a = model->acts;
+    ops->matmul_forward(a.logits, a.lnf, model->params.wte, NULL, BT, C, V); // tied LM head, (B,T,V)
 
     if (!targets) {
         model->mean_loss = -1.0f;
@@ -256,21 +266,38 @@ static void ensure_backward_buffers(GPT* model) {
     }
 }
 
+float* gpt_hidden_grad(GPT* model) {
+    if (!model->acts_memory) fatalf("gpt_hidden_grad needs a forward pass first");
+    ensure_backward_buffers(model);
+    size_t BT = (size_t)model->B * model->T;
+    model->ops->zero(model->d_ln, BT * model->config.channels * sizeof(float));
+    return model->d_ln;
+}
+
 void gpt_backward(GPT* model) {
     if (model->mean_loss < 0) fatalf("gpt_backward needs a forward pass with targets first");
-    ensure_backward_buffers(model);
+    const Ops* ops = model->ops;
+    int V = model->config.vocab_size, C = model->config.channels;
+    size_t BT = (size_t)model->B * model->T;
+    ActivationTensors a = model->acts;
+    float* dlnf = gpt_hidden_grad(model); // zeroed (B,T,C)
+    // LM head: logits become their own gradient (B,T,V)
+    ops->crossentropy_backward(a.logits, a.logits, a.losses, model->dlosses, model->targets, BT, V);
+    ops->matmul_backward(dlnf, model->grads.wte, NULL, a.logits, a.lnf, model->params.wte, BT, C, V);
+    gpt_backward_trunk(model);
+}
+
+void gpt_backward_trunk(GPT* model) {
+    if (!model->scratch_memory) fatalf("gpt_backward_trunk needs gpt_hidden_grad first");
     const GPTConfig* c = &model->config;
     const Ops* ops = model->ops;
-    int B = model->B, T = model->T, V = c->vocab_size, L = c->num_layers, NH = c->num_heads, C = c->channels;
+    int B = model->B, T = model->T, L = c->num_layers, NH = c->num_heads, C = c->channels;
     size_t BT = (size_t)B * T;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     float* dres = model->d_residual; // gradient of the residual stream, accumulated in place
 
-    // LM head: logits become their own gradient (B,T,V)
-    ops->crossentropy_backward(a.logits, a.logits, a.losses, model->dlosses, model->targets, BT, V);
-    ops->zero(model->d_ln, BT * C * sizeof(float));
-    ops->matmul_backward(model->d_ln, g.wte, NULL, a.logits, a.lnf, p.wte, BT, C, V);
+    // final LayerNorm: d(lnf) is in d_ln
     ops->zero(dres, BT * C * sizeof(float));
     const float* last = a.residual3 + (size_t)(L - 1) * BT * C;
     ops->layernorm_backward(dres, g.lnfw, g.lnfb, model->d_ln, last, p.lnfw, a.lnf_mean, a.lnf_rstd, BT, C);

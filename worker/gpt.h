@@ -126,11 +126,21 @@ int gpt_param_decays(int tensor_index);
 // < 0 are always masked). The mean is over the weighted positions.
 void gpt_forward(GPT* model, const int* inputs, const int* targets, const float* mask,
                  int B, int T);
-// Zeroes parameter gradients (and activation gradients).
+// The trunk only: embeddings, blocks, final LayerNorm -> acts.lnf (B,T,C).
+// No logits, no loss: for heads other than the LM head (reward, value).
+void gpt_forward_trunk(GPT* model, const int* inputs, int B, int T);
+// Zeroes parameter gradients.
 void gpt_zero_grad(GPT* model);
 // Backward of mean_loss from the last forward (targets required).
 // Overwrites acts.logits with their gradient (saves a (B,T,V) buffer).
 void gpt_backward(GPT* model);
+// Backward from the final hidden state, for heads on the trunk:
+//   float* dlnf = gpt_hidden_grad(model);  // (B,T,C), zeroed, on the device
+//   ... the head adds d(loss)/d(lnf) into dlnf ...
+//   gpt_backward_trunk(model);             // accumulates into model->grads
+// gpt_backward is exactly this with the tied LM head as the head.
+float* gpt_hidden_grad(GPT* model);
+void gpt_backward_trunk(GPT* model);
 // Clips by global norm (if cfg->grad_clip > 0) and takes one AdamW step.
 // Returns the global gradient norm before clipping.
 float gpt_update(GPT* model, const AdamWConfig* cfg);

@@ -11,7 +11,7 @@ void adamw_update_cpu(float* param, const float* grad, float* m, float* v, size_
     float step = lr / bc1;
     float bc2_sqrt = sqrtf(bc2);
     float decay = 1.0f - lr * weight_decay;
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -25,12 +25,12 @@ void adamw_update_cpu(float* param, const float* grad, float* m, float* v, size_
 
 double sum_squares_cpu(const float* x, size_t n) {
     double acc = 0.0;
-    #pragma omp parallel for simd reduction(+:acc) schedule(static)
+    #pragma omp parallel for simd reduction(+:acc) schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) acc += (double)x[i] * x[i];
     return acc;
 }
 
 void scale_cpu(float* x, float s, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }

@@ -14,7 +14,7 @@
 void attention_forward_cpu(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float* q = qkv + (size_t)b * T * C3 + h * hs;
@@ -45,7 +45,7 @@ void attention_backward_cpu(float* dqkv, float* scratch, const float* dout, cons
                             const float* att, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float* q = qkv + (size_t)b * T * C3 + h * hs;
@@ -80,7 +80,7 @@ void attention_backward_cpu(float* dqkv, float* scratch, const float* dout, cons
 
 void kv_store_cpu(float* kcache, float* vcache, const float* qkv, const int* seq, const int* pos, int R,
                   int maxT, int C) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)R * C >= PAR_MIN_WORK)
     for (int r = 0; r < R; r++) {
         size_t at = ((size_t)seq[r] * maxT + pos[r]) * C;
         memcpy(kcache + at, qkv + (size_t)r * 3 * C + C, sizeof(float) * C);
@@ -93,7 +93,7 @@ void attention_rows_cpu(float* out, const float* qkv, const float* kcache, const
                         const int* seq, const int* pos, int R, int maxT, int C, int NH) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel
+    #pragma omp parallel if ((size_t)R * maxT * C >= PAR_MIN_WORK)
     {
         float* sc = cpu_alloc(sizeof(float) * (size_t)maxT);
         #pragma omp for collapse(2) schedule(dynamic)

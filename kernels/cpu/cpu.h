@@ -3,6 +3,10 @@
 #pragma once
 #include <stddef.h>
 
+// Below this many elements of work a loop runs on one thread: waking the
+// OpenMP team costs more than it saves (and much more on a busy machine).
+#define PAR_MIN_WORK ((size_t)1 << 15)
+
 void* cpu_alloc(size_t bytes);
 void cpu_free(void* p);
 void cpu_copy(void* dst, const void* src, size_t bytes);

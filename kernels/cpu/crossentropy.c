@@ -18,7 +18,7 @@ static float logsumexp(const float* row, int V) {
 
 // losses (N) = logsumexp(logits[n]) - logits[n][target]; target < 0 -> 0
 void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         int tgt = targets[n];
         if (tgt < 0) { losses[n] = 0.0f; continue; }
@@ -31,7 +31,7 @@ void crossentropy_forward_cpu(float* losses, const float* logits, const int* tar
 // The forward's loss gives logsumexp back: lse = loss + logit[target].
 void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const float* dlosses,
                                const int* targets, int N, int V) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float* row = logits + (size_t)n * V;
         float* d = dlogits + (size_t)n * V;

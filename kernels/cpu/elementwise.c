@@ -7,7 +7,7 @@
 
 // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void gelu_forward_cpu(float* out, const float* inp, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -17,7 +17,7 @@ void gelu_forward_cpu(float* out, const float* inp, size_t n) {
 
 // dinp = dout * gelu'(inp); may run in place (dinp == dout)
 void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -29,11 +29,11 @@ void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t 
 }
 
 void residual_forward_cpu(float* out, const float* a, const float* b, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void residual_backward_cpu(float* da, float* db, const float* dout, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+    #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) { da[i] += dout[i]; db[i] += dout[i]; }
 }

@@ -3,7 +3,7 @@
 
 // out (B,T,C) = wte[inp[b,t]] (V,C) + wpe[t] (maxT,C)
 void encoder_forward_cpu(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) if ((size_t)B * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             float* o = out + ((size_t)b * T + t) * C;
@@ -17,7 +17,7 @@ void encoder_forward_cpu(float* out, const int* inp, const float* wte, const flo
 
 // Rows at arbitrary positions (generation). out (R,C)
 void encoder_rows_cpu(float* out, const int* tok, const int* pos, const float* wte, const float* wpe, int R, int C) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)R * C >= PAR_MIN_WORK)
     for (int r = 0; r < R; r++) {
         float* o = out + (size_t)r * C;
         const float* we = wte + (size_t)tok[r] * C;
@@ -33,7 +33,7 @@ void encoder_rows_cpu(float* out, const int* tok, const int* pos, const float* w
 void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C) {
     const int CH = 64; // channels per task
     int nchunks = (C + CH - 1) / CH;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)B * T * C >= PAR_MIN_WORK)
     for (int k = 0; k < nchunks; k++) {
         int c0 = k * CH, c1 = c0 + CH < C ? c0 + CH : C;
         for (int b = 0; b < B; b++) {

@@ -8,7 +8,7 @@
 // inp,out (N,C); w,b (C); mean,rstd (N) saved for the backward pass
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* w,
                            const float* b, int N, int C) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         float* o = out + (size_t)n * C;
@@ -32,7 +32,7 @@ void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* in
 // channel blocks in parallel for dw/db (fixed order: deterministic, no atomics).
 void layernorm_backward_cpu(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                             const float* w, const float* mean, const float* rstd, int N, int C) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         const float* d = dout + (size_t)n * C;
@@ -57,7 +57,7 @@ void layernorm_backward_cpu(float* dinp, float* dw, float* db, const float* dout
     }
     const int CH = 64;
     int nchunks = (C + CH - 1) / CH;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= PAR_MIN_WORK)
     for (int k = 0; k < nchunks; k++) {
         int c0 = k * CH, c1 = c0 + CH < C ? c0 + CH : C;
         float accw[64] = {0}, accb[64] = {0};

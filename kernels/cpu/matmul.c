@@ -9,7 +9,7 @@ void matmul_forward_cpu(float* out, const float* inp, const float* w, const floa
     float beta = 0.0f;
     if (bias) {
         // start from the bias and let sgemm accumulate: one pass instead of two
-        #pragma omp parallel for
+        #pragma omp parallel for if ((size_t)N * OC >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
         beta = 1.0f;
     }
@@ -26,7 +26,7 @@ void matmul_backward_cpu(float* dinp, float* dw, float* dbias, const float* dout
     if (dbias) {
         const int CH = 64;
         int nchunks = (OC + CH - 1) / CH;
-        #pragma omp parallel for
+        #pragma omp parallel for if ((size_t)N * OC >= PAR_MIN_WORK)
         for (int k = 0; k < nchunks; k++) {
             int o0 = k * CH, o1 = o0 + CH < OC ? o0 + CH : OC;
             float acc[64] = {0};
