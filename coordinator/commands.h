@@ -8,3 +8,8 @@ int cmd_generate(int argc, char** argv);
 int cmd_pretrain(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
+int cmd_sft(int argc, char** argv);
+int cmd_label(int argc, char** argv);
+int cmd_rm(int argc, char** argv);
+int cmd_score(int argc, char** argv);
+int cmd_demo(int argc, char** argv);

@@ -10,7 +10,12 @@ typedef struct {
 } Command;
 
 static const Command COMMANDS[] = {
+    {"demo",     cmd_demo,     "the whole pipeline with a shipped config: pretrain -> SFT -> label -> RM"},
     {"pretrain", cmd_pretrain, "train a GPT on token shards (from scratch or --model)"},
+    {"sft",      cmd_sft,      "supervised fine-tuning on {prompt, response} demonstrations"},
+    {"label",    cmd_label,    "sample K responses per prompt and rank them with simulated labelers"},
+    {"rm",       cmd_rm,       "train a reward model on rankings / preference pairs"},
+    {"score",    cmd_score,    "score {prompt, response} records with a reward model"},
     {"eval",     cmd_eval,     "mean next-token loss of a model on a token shard"},
     {"generate", cmd_generate, "sample text with the KV-cache decoder"},
     {"tokenize", cmd_tokenize, "GPT-2 BPE: text file -> llm.c token shard"},
