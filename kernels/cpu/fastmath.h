@@ -9,7 +9,7 @@
 
 #pragma omp declare simd notinbranch
 static inline float exp_fast(float x) {
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x); // (fminf/fmaxf would be calls)
     float n = floorf(x * 1.44269504088896341f + 0.5f); // round(x / ln2)
     float r = fmaf(n, -0.693145751953125f, x);          // x - n*ln2, in two parts (Cody-Waite)
     r = fmaf(n, -1.428606765330187e-06f, r);
