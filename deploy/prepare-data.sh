@@ -27,3 +27,5 @@ tokenize "$src" "$dir/fortunes.bin"
 tokenize "$dir/fortunes_train.txt" "$dir/fortunes_train.bin"
 tokenize "$dir/fortunes_val.txt" "$dir/fortunes_val.bin"
 echo "prepare-data: shards in $dir: fortunes.bin fortunes_train.bin fortunes_val.bin"
+# the demo's review data (demonstrations and prompts) from npm sentiment's fixtures
+python3 "$(dirname "$0")/make-review-data.py" "$dir"
