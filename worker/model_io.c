@@ -395,9 +395,11 @@ static void layout_read(const Layout* lay, const StFile* f, float* host) {
     free(tmp);
 }
 
-// Writes the slots of host to a safetensors file, transposing Conv1D weights.
-static void layout_write(const Layout* lay, const float* host, const char* path, json_t* meta) {
-    StWriteTensor* wt = callocCheck((size_t)lay->n, sizeof(StWriteTensor));
+// Writes the slots of host to a safetensors file, transposing Conv1D weights,
+// followed by num_extra extra tensors (heads on the trunk; may be 0).
+static void layout_write_extra(const Layout* lay, const float* host, const char* path, json_t* meta,
+                               const StWriteTensor* extra, int num_extra) {
+    StWriteTensor* wt = callocCheck((size_t)(lay->n + num_extra), sizeof(StWriteTensor));
     float** owned = callocCheck((size_t)lay->n, sizeof(float*));
     for (int i = 0; i < lay->n; i++) {
         const TensorSlot* s = &lay->slots[i];
@@ -416,10 +418,15 @@ static void layout_write(const Layout* lay, const float* host, const char* path,
         owned[i] = t;
         wt[i].data = t;
     }
-    st_write(path, wt, lay->n, meta);
+    for (int i = 0; i < num_extra; i++) wt[lay->n + i] = extra[i];
+    st_write(path, wt, lay->n + num_extra, meta);
     for (int i = 0; i < lay->n; i++) free(owned[i]);
     free(owned);
     free(wt);
+}
+
+static void layout_write(const Layout* lay, const float* host, const char* path, json_t* meta) {
+    layout_write_extra(lay, host, path, meta, NULL, 0);
 }
 
 // ----------------------------------------------------------------------------
@@ -682,7 +689,16 @@ static void publish_dir(const char* tmp, const char* target) {
 }
 
 void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer) {
+    checkpoint_save_extra(model, dir, state, with_optimizer, NULL, 0, NULL);
+}
+
+void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int with_optimizer,
+                           const StWriteTensor* extra, int num_extra, json_t* extra_meta) {
     const GPTConfig* c = &model->config;
+    for (int i = 0; i < num_extra; i++)
+        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++)
+            if (!strcmp(extra[i].name, GPT_PARAM_NAMES[k]))
+                fatalf("%s: extra tensor '%s' clashes with a model tensor", dir, extra[i].name);
     check_replaceable(dir);
     char* parent = path_parent(dir);
     mkdir_p(parent);
@@ -696,7 +712,15 @@ void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_
     Layout lay = layout_native(c, "");
     char* model_path = path_join(tmp, "model.safetensors");
     json_t* meta = native_metadata(c);
-    layout_write(&lay, host, model_path, meta);
+    if (extra_meta) {
+        const char* key;
+        json_t* value;
+        json_object_foreach(extra_meta, key, value) {
+            if (json_object_get(meta, key)) fatalf("%s: extra metadata '%s' clashes with the model's", dir, key);
+            json_object_set(meta, key, value);
+        }
+    }
+    layout_write_extra(&lay, host, model_path, meta, extra, num_extra);
     json_decref(meta);
     free(model_path);
     free(lay.slots);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <jansson.h>
 #include "gpt.h"
+#include "../common/safetensors.h"
 
 typedef enum {
     MODEL_NATIVE_DIR,   // native checkpoint directory
@@ -49,6 +50,14 @@ char* model_resolve(const char* path);
 // NULL, not stolen) is stored under "state"; "step" is model->adam_step.
 // with_optimizer: also writes the AdamW moments (zeros if none yet).
 void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer);
+// checkpoint_save plus heads on the trunk (reward/value heads): extra tensors
+// (host memory, F32) are written into model.safetensors after the model's
+// own (so they share its crc32 and the atomic publish), and extra_meta (NULL
+// or an object of string values) is merged into its __metadata__. Names must
+// not clash with the model's. model_load ignores both; read them back with
+// st_open on the checkpoint's model.safetensors.
+void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int with_optimizer,
+                           const StWriteTensor* extra, int num_extra, json_t* extra_meta);
 // Restores m, v and adam_step saved with the checkpoint at dir into a model
 // already loaded from it (same config). Fatal if it was saved without them.
 void checkpoint_load_optimizer(GPT* model, const char* dir);
