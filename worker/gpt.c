@@ -131,13 +131,29 @@ static void point_activations(ActivationTensors* a, float* memory, const size_t*
     }
 }
 
-// Sizes the activations once for (B,T); later calls may use any B' <= B, T' <= T.
-static void ensure_activations(GPT* model, int B, int T) {
+static void free_activations(GPT* model) {
+    const Ops* ops = model->ops;
+    ops->free(model->acts_memory);
+    ops->free(model->scratch_memory);
+    ops->free(model->inputs);
+    ops->free(model->targets);
+    ops->free(model->dlosses);
+    model->acts_memory = model->scratch_memory = model->dlosses = NULL;
+    model->inputs = model->targets = NULL;
+    model->d_residual = model->d_ln = model->d_atty = model->d_qkv = model->d_fch = model->d_att = NULL;
+    model->batch_size = model->seq_len = 0;
+}
+
+void gpt_reserve(GPT* model, int B, int T) {
+    if (B <= 0 || T <= 0) fatalf("empty batch (%dx%d)", B, T);
+    if (T > model->config.max_seq_len)
+        fatalf("sequence length %d exceeds the model's context %d", T, model->config.max_seq_len);
     if (model->acts_memory) {
-        if (B > model->batch_size || T > model->seq_len)
-            fatalf("batch %dx%d exceeds the %dx%d the model's activations were sized for", B, T,
-                   model->batch_size, model->seq_len);
-        return;
+        if (B <= model->batch_size && T <= model->seq_len) return;
+        // grow to cover both the old and the new shape
+        if (B < model->batch_size) B = model->batch_size;
+        if (T < model->seq_len) T = model->seq_len;
+        free_activations(model);
     }
     const Ops* ops = model->ops;
     model->batch_size = B;
@@ -162,7 +178,10 @@ void gpt_forward_trunk(GPT* model, const int* inputs, int B, int T) {
     size_t BT = (size_t)B * T;
     for (size_t i = 0; i < BT; i++)
         if (inputs[i] < 0 || inputs[i] >= V) fatalf("input token %d at position %zu is outside the vocab [0,%d)", inputs[i], i, V);
-    ensure_activations(model, B, T);
+    if (!model->acts_memory) gpt_reserve(model, B, T);
+    if (B > model->batch_size || T > model->seq_len)
+        fatalf("batch %dx%d exceeds the %dx%d the model's activations were sized for (gpt_reserve)", B, T,
+               model->batch_size, model->seq_len);
     model->B = B;
     model->T = T;
     ops->to_device(model->inputs, inputs, BT * sizeof(int));
@@ -373,10 +392,6 @@ void gpt_free(GPT* model) {
     ops->free(model->grads_memory);
     ops->free(model->m_memory);
     ops->free(model->v_memory);
-    ops->free(model->acts_memory);
-    ops->free(model->scratch_memory);
-    ops->free(model->inputs);
-    ops->free(model->targets);
-    ops->free(model->dlosses);
+    free_activations(model);
     memset(model, 0, sizeof *model);
 }

@@ -121,6 +121,10 @@ void gpt_param_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig* c);
 // True for tensors that get weight decay (the 2-D matrices).
 int gpt_param_decays(int tensor_index);
 
+// Sizes the activations for batches up to (B,T); the first forward does this
+// by itself. Growing later frees and re-allocates (never per step).
+void gpt_reserve(GPT* model, int B, int T);
+
 // Forward pass over inputs (B,T). If targets != NULL, computes losses and
 // mean_loss; mask (B,T) weights each position's loss (NULL = all 1; targets
 // < 0 are always masked). The mean is over the weighted positions.

@@ -160,26 +160,9 @@ void rm_free(RewardModel* rm) {
 // forward / backward / update
 
 void rm_reserve(RewardModel* rm, int B, int T) {
-    GPT* g = &rm->gpt;
-    if (T > g->config.max_seq_len)
-        fatalf("reward model: sequences of %d tokens exceed the context (%d)", T, g->config.max_seq_len);
-    if (g->acts_memory && B <= g->batch_size && T <= g->seq_len) return;
-    if (g->acts_memory) { // grow: drop the buffers gpt.c sizes on first use
-        if (B < g->batch_size) B = g->batch_size;
-        if (T < g->seq_len) T = g->seq_len;
-        const Ops* ops = g->ops;
-        ops->free(g->acts_memory);
-        ops->free(g->inputs);
-        ops->free(g->targets);
-        ops->free(g->dlosses);
-        ops->free(g->scratch_memory);
-        g->acts_memory = g->scratch_memory = g->dlosses = NULL;
-        g->inputs = g->targets = NULL;
-        g->d_residual = g->d_ln = g->d_atty = g->d_qkv = g->d_fch = g->d_att = NULL;
-    }
-    int* zeros = callocCheck((size_t)B * T, sizeof(int)); // sizes the activations
-    gpt_forward_trunk(g, zeros, B, T);
-    free(zeros);
+    if (T > rm->gpt.config.max_seq_len)
+        fatalf("reward model: sequences of %d tokens exceed the context (%d)", T, rm->gpt.config.max_seq_len);
+    gpt_reserve(&rm->gpt, B, T);
 }
 
 static void ensure_last(RewardModel* rm, int B) {
