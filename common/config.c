@@ -45,6 +45,17 @@ static const ConfigKey CONFIG_KEYS[] = {
     // data
     {"data.train", CONFIG_STR, "data/dl/fortunes.bin", 0, 0, "training token shard(s): comma-separated paths or globs"},
     {"data.val", CONFIG_STR, "", 0, 0, "validation token shard(s); empty = no val loss"},
+    // supervised fine-tuning (rlhfd sft)
+    {"sft.train", CONFIG_STR, "", 0, 0, "SFT demonstrations, JSONL {\"prompt\", \"response\"} per line"},
+    {"sft.val", CONFIG_STR, "", 0, 0, "held-out demonstrations (JSONL); empty = no val loss"},
+    {"sft.epochs", CONFIG_FLOAT, "0", 0, 1e6, "passes over sft.train (sets the steps; may be fractional); 0 = train.steps"},
+    // reward model (rlhfd rm)
+    {"rm.train", CONFIG_STR, "", 0, 0, "rankings JSONL {\"prompt\", \"responses\", \"ranking\"} or pairs {\"prompt\", \"chosen\", \"rejected\"}"},
+    {"rm.val", CONFIG_STR, "", 0, 0, "held-out rankings/pairs (JSONL); empty = hold out rm.val_fraction of rm.train"},
+    {"rm.val_fraction", CONFIG_FLOAT, "0.1", 0, 0.9, "share of rm.train held out for validation when rm.val is empty"},
+    {"rm.epochs", CONFIG_FLOAT, "0", 0, 1e6, "passes over the training rankings (sets the steps; may be fractional); 0 = train.steps"},
+    {"rm.norm_samples", CONFIG_STR, "", 0, 0, "JSONL {\"prompt\", \"response\"} SFT samples whose mean raw reward becomes the offset; empty = responses of rm.train"},
+    {"rm.norm_max", CONFIG_INT, "1000", 0, INT_MAX, "at most this many samples for the offset; 0 = all"},
     // outputs
     {"run.dir", CONFIG_STR, "runs/pretrain", 0, 0, "run directory: metrics.jsonl, ckpt-NNNNNNNN/"},
 };

@@ -40,76 +40,6 @@ static const char* const SYNOPSIS =
     "windows of data.val. Relative paths are relative to the working directory.\n"
     "Keys: rlhfd pretrain --help-config.";
 
-// The model.* keys and the GPTConfig fields they describe.
-typedef struct {
-    const char* key;
-    size_t offset;
-} ShapeKey;
-static const ShapeKey SHAPE_KEYS[] = {
-    {"model.layers", offsetof(GPTConfig, num_layers)},
-    {"model.heads", offsetof(GPTConfig, num_heads)},
-    {"model.embd", offsetof(GPTConfig, channels)},
-    {"model.vocab", offsetof(GPTConfig, vocab_size)},
-    {"model.ctx", offsetof(GPTConfig, max_seq_len)},
-};
-#define NUM_SHAPE_KEYS ((int)(sizeof SHAPE_KEYS / sizeof SHAPE_KEYS[0]))
-
-static int* shape_field(GPTConfig* c, int i) { return (int*)((char*)c + SHAPE_KEYS[i].offset); }
-
-static GPTConfig shape_from_config(const Config* cfg) {
-    GPTConfig c;
-    for (int i = 0; i < NUM_SHAPE_KEYS; i++) *shape_field(&c, i) = config_int(cfg, SHAPE_KEYS[i].key);
-    return c;
-}
-
-// A loaded model fixes the shape: explicit model.* must agree, the rest
-// are filled in so config.json and checkpoints describe the real model.
-static void adopt_model_shape(Config* cfg, GPTConfig got, const char* path) {
-    for (int i = 0; i < NUM_SHAPE_KEYS; i++) {
-        const char* key = SHAPE_KEYS[i].key;
-        int have = *shape_field(&got, i);
-        if (config_is_set(cfg, key) && config_int(cfg, key) != have)
-            fatalf("%s: %s = %d, but model '%s' has %d (drop the key to take the model's)",
-                   config_origin(cfg, key), key, config_int(cfg, key), path, have);
-        char text[32];
-        snprintf(text, sizeof text, "%d", have);
-        config_set_value(cfg, key, text, "model.init");
-    }
-}
-
-static void write_json_line(FILE* f, json_t* obj) {
-    char* s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (!s) fatalf("cannot format JSON (out of memory)");
-    fputs(s, f);
-    fputc('\n', f);
-    free(s);
-}
-
-static void write_config_json(const char* run_dir, const Config* cfg) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", run_dir);
-    json_t* j = config_to_json(cfg);
-    if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0)
-        fatalf("cannot write '%s'", path);
-    json_decref(j);
-}
-
-static void save_checkpoint(const GPT* model, const Config* cfg, const char* run_dir, int step,
-                            double loss, double val_loss, size_t tokens, char* path, size_t cap) {
-    snprintf(path, cap, "%s/ckpt-%08d", run_dir, step);
-    json_t* state = json_object();
-    json_object_set_new(state, "kind", json_string("pretrain"));
-    json_object_set_new(state, "step", json_integer(step));
-    json_object_set_new(state, "tokens", json_integer((json_int_t)tokens));
-    json_object_set_new(state, "loss", json_real(loss));
-    if (!isnan(val_loss)) json_object_set_new(state, "val_loss", json_real(val_loss));
-    json_object_set_new(state, "config", config_to_json(cfg));
-    checkpoint_save(model, path, state, 1);
-    json_decref(state);
-    int keep = config_int(cfg, "train.keep_checkpoints");
-    if (keep > 0) run_dir_prune(run_dir, keep);
-}
-
 int cmd_pretrain(int argc, char** argv) {
     const char* config_path = NULL;
     const char* model_path = NULL;
@@ -152,9 +82,9 @@ int cmd_pretrain(int argc, char** argv) {
         json_t* init_state = NULL;
         model_load(&model, init, ops, &init_state);
         json_decref(init_state);
-        adopt_model_shape(cfg, model.config, init);
+        config_adopt_model_shape(cfg, model.config, init);
     } else {
-        GPTConfig shape = shape_from_config(cfg);
+        GPTConfig shape = config_model_shape(cfg);
         gpt_config_check(&shape);
         gpt_build(&model, shape, ops);
         gpt_init_random(&model, (uint64_t)config_int(cfg, "train.seed"));
@@ -180,21 +110,8 @@ int cmd_pretrain(int argc, char** argv) {
 
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
-    if (!run_dir[0]) fatalf("%s: run.dir is empty", config_origin(cfg, "run.dir"));
-    make_dirs(run_dir);
-    int* old_steps = NULL;
-    int num_old = run_dir_list(run_dir, &old_steps);
-    free(old_steps);
-    if (num_old > 0) {
-        if (!overwrite)
-            fatalf("run dir '%s' already holds checkpoints (set another run.dir, or pass --overwrite)", run_dir);
-        run_dir_clear(run_dir);
-    }
-    write_config_json(run_dir, cfg);
     char metrics_path[4096];
-    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
-    FILE* metrics = fopen(metrics_path, "w");
-    if (!metrics) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
+    FILE* metrics = run_dir_start(run_dir, cfg, overwrite, metrics_path, sizeof metrics_path);
 
     fprintf(stderr,
             "pretrain: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d T=%d steps=%d | "
@@ -269,8 +186,8 @@ int cmd_pretrain(int argc, char** argv) {
                     grad_norm, train_seconds > 0 ? tokens / train_seconds : 0.0, eta);
         }
         if (is_last || (ckpt_every > 0 && step % ckpt_every == 0))
-            save_checkpoint(&model, cfg, run_dir, step, loss, val_loss, tokens, ckpt_path,
-                            sizeof ckpt_path);
+            train_checkpoint_save(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens,
+                                  ckpt_path, sizeof ckpt_path);
     }
     if (fclose(metrics) != 0) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
 

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "../common/check.h"
+#include "../worker/model_io.h"
 
 // ----------------------------------------------------------------------------
 // token data
@@ -191,6 +192,95 @@ void run_dir_clear(const char* dir) {
             fatalf("cannot remove '%s': %s", path, strerror(errno));
     }
     closedir(dp);
+}
+
+FILE* run_dir_start(const char* run_dir, const Config* cfg, int overwrite, char* metrics_path,
+                    size_t cap) {
+    if (!run_dir[0]) fatalf("%s: run.dir is empty", config_origin(cfg, "run.dir"));
+    make_dirs(run_dir);
+    int* old_steps = NULL;
+    int num_old = run_dir_list(run_dir, &old_steps);
+    free(old_steps);
+    if (num_old > 0) {
+        if (!overwrite)
+            fatalf("run dir '%s' already holds checkpoints (set another run.dir, or pass --overwrite)", run_dir);
+        run_dir_clear(run_dir);
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    json_t* j = config_to_json(cfg);
+    if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0)
+        fatalf("cannot write '%s'", path);
+    json_decref(j);
+    snprintf(metrics_path, cap, "%s/metrics.jsonl", run_dir);
+    FILE* metrics = fopen(metrics_path, "w");
+    if (!metrics) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
+    return metrics;
+}
+
+void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_dir,
+                           const char* kind, int step, double loss, double val_loss,
+                           size_t tokens, char* path, size_t cap) {
+    snprintf(path, cap, "%s/ckpt-%08d", run_dir, step);
+    json_t* state = json_object();
+    json_object_set_new(state, "kind", json_string(kind));
+    json_object_set_new(state, "step", json_integer(step));
+    json_object_set_new(state, "tokens", json_integer((json_int_t)tokens));
+    json_object_set_new(state, "loss", json_real(loss));
+    if (!isnan(val_loss)) json_object_set_new(state, "val_loss", json_real(val_loss));
+    json_object_set_new(state, "config", config_to_json(cfg));
+    checkpoint_save(model, path, state, 1);
+    json_decref(state);
+    int keep = config_int(cfg, "train.keep_checkpoints");
+    if (keep > 0) run_dir_prune(run_dir, keep);
+}
+
+// ----------------------------------------------------------------------------
+// model shape <-> config
+
+typedef struct {
+    const char* key;
+    size_t offset;
+} ShapeKey;
+static const ShapeKey SHAPE_KEYS[] = {
+    {"model.layers", offsetof(GPTConfig, num_layers)},
+    {"model.heads", offsetof(GPTConfig, num_heads)},
+    {"model.embd", offsetof(GPTConfig, channels)},
+    {"model.vocab", offsetof(GPTConfig, vocab_size)},
+    {"model.ctx", offsetof(GPTConfig, max_seq_len)},
+};
+#define NUM_SHAPE_KEYS ((int)(sizeof SHAPE_KEYS / sizeof SHAPE_KEYS[0]))
+
+static int* shape_field(GPTConfig* c, int i) { return (int*)((char*)c + SHAPE_KEYS[i].offset); }
+
+GPTConfig config_model_shape(const Config* cfg) {
+    GPTConfig c;
+    for (int i = 0; i < NUM_SHAPE_KEYS; i++) *shape_field(&c, i) = config_int(cfg, SHAPE_KEYS[i].key);
+    return c;
+}
+
+void config_adopt_model_shape(Config* cfg, GPTConfig got, const char* path) {
+    for (int i = 0; i < NUM_SHAPE_KEYS; i++) {
+        const char* key = SHAPE_KEYS[i].key;
+        int have = *shape_field(&got, i);
+        if (config_is_set(cfg, key) && config_int(cfg, key) != have)
+            fatalf("%s: %s = %d, but model '%s' has %d (drop the key to take the model's)",
+                   config_origin(cfg, key), key, config_int(cfg, key), path, have);
+        char text[32];
+        snprintf(text, sizeof text, "%d", have);
+        config_set_value(cfg, key, text, "model.init");
+    }
+}
+
+// ----------------------------------------------------------------------------
+// output
+
+void write_json_line(FILE* f, json_t* obj) {
+    char* s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!s) fatalf("cannot format JSON (out of memory)");
+    fputs(s, f);
+    fputc('\n', f);
+    free(s);
 }
 
 // ----------------------------------------------------------------------------

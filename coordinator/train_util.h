@@ -4,6 +4,8 @@
 #pragma once
 #include <stddef.h>
 #include <stdio.h>
+#include <jansson.h>
+#include "../common/config.h"
 #include "../common/rng.h"
 #include "../common/shard.h"
 #include "../worker/gpt.h"
@@ -54,6 +56,32 @@ float lr_schedule(int step, int total, int warmup, float lr, float min_lr);
 void make_dirs(const char* path);
 // Removes every "ckpt-*" entry and metrics.jsonl from dir (recursively).
 void run_dir_clear(const char* dir);
+// Starts a run in run_dir: mkdir -p; old checkpoints are fatal unless
+// overwrite (then they and metrics.jsonl are cleared); writes config.json
+// (the effective config) and opens metrics.jsonl for writing (its path into
+// metrics_path). Fatal on error.
+FILE* run_dir_start(const char* run_dir, const Config* cfg, int overwrite, char* metrics_path,
+                    size_t cap);
+// Writes RUN_DIR/ckpt-%08d (path into path) with checkpoint_save (optimizer
+// included) and state {"kind", "step", "tokens", "loss", "val_loss" (unless
+// NaN), "config"}, then keeps the last train.keep_checkpoints.
+void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_dir,
+                           const char* kind, int step, double loss, double val_loss,
+                           size_t tokens, char* path, size_t cap);
+
+// ---- model shape <-> config (model.layers, .heads, .embd, .vocab, .ctx)
+
+// The shape the model.* keys describe.
+GPTConfig config_model_shape(const Config* cfg);
+// A loaded model fixes the shape: model.* keys set explicitly must agree
+// (fatal otherwise, naming their origin and path); the others are filled in
+// from it, so config.json and checkpoints describe the real model.
+void config_adopt_model_shape(Config* cfg, GPTConfig got, const char* path);
+
+// ---- output
+
+// obj as one compact JSON line (keys in insertion order) on f.
+void write_json_line(FILE* f, json_t* obj);
 
 // ---- time and progress
 

@@ -1,0 +1,218 @@
+// sft_data.c - tokenized demonstrations, padded masked batches, the
+// length-bucketed order and the held-out loss (see sft_data.h).
+#include "sft_data.h"
+#include <stdlib.h>
+#include <string.h>
+#include "../common/check.h"
+#include "../common/hfdata.h"
+
+// ----------------------------------------------------------------------------
+// examples
+
+static void push_example(SftData* d, int* tokens, int len, int prompt_len, int line) {
+    d->examples = reallocCheck(d->examples, (d->n + 1) * sizeof(SftExample));
+    d->examples[d->n++] = (SftExample){tokens, len, prompt_len, line};
+    d->num_tokens += (size_t)len;
+    d->num_response_tokens += (size_t)(len - prompt_len);
+    if (len > d->max_len) d->max_len = len;
+}
+
+void sft_data_add(SftData* d, const int* prompt, int P, const int* response, int R, int eot,
+                  int line) {
+    assertCheck(P >= 1 && R >= 0);
+    int len = P + R + 1;
+    int* tokens = mallocCheck((size_t)len * sizeof(int));
+    memcpy(tokens, prompt, (size_t)P * sizeof(int));
+    if (R) memcpy(tokens + P, response, (size_t)R * sizeof(int));
+    tokens[len - 1] = eot;
+    push_example(d, tokens, len, P, line);
+}
+
+void sft_data_load(SftData* d, const char* path, Tokenizer* tok, int ctx, int skip_bad) {
+    memset(d, 0, sizeof *d);
+    size_t n = 0, bad_records = 0;
+    HfDemo* demos = hf_read_demos(path, skip_bad, &n, &bad_records);
+    HfBadReport too_long = {.path = path, .skip_bad = skip_bad, .skipped = 0};
+    for (size_t i = 0; i < n; i++) {
+        int len = 0, prompt_len = 0;
+        int* tokens = hf_encode_pair(tok, demos[i].prompt, demos[i].response, &len, &prompt_len);
+        if (len > ctx) {
+            free(tokens);
+            hf_bad_record(&too_long, demos[i].line,
+                          "prompt+response is %d tokens, longer than the context (%d)", len, ctx);
+            continue;
+        }
+        // a non-empty prompt is at least one token, so position P-1 exists
+        assertCheck(prompt_len >= 1 && prompt_len < len);
+        push_example(d, tokens, len, prompt_len, demos[i].line);
+    }
+    hf_bad_report_finish(&too_long);
+    hf_free_demos(demos, n);
+    d->skipped = bad_records + too_long.skipped;
+    if (d->n == 0)
+        fatalf("%s: no usable records (%zu skipped, all longer than the context %d or bad)", path,
+               d->skipped, ctx);
+}
+
+void sft_data_free(SftData* d) {
+    for (size_t i = 0; i < d->n; i++) free(d->examples[i].tokens);
+    free(d->examples);
+    memset(d, 0, sizeof *d);
+}
+
+// ----------------------------------------------------------------------------
+// batches
+
+void sft_batch_alloc(SftBatch* b, int max_B, int max_T) {
+    memset(b, 0, sizeof *b);
+    b->max_B = max_B;
+    b->max_T = max_T;
+    size_t cap = (size_t)max_B * max_T;
+    b->inputs = mallocCheck(cap * sizeof(int));
+    b->targets = mallocCheck(cap * sizeof(int));
+    b->mask = mallocCheck(cap * sizeof(float));
+}
+
+void sft_batch_fill(SftBatch* b, const SftData* d, const size_t* idx, int B, int pad_token) {
+    assertCheck(B >= 1 && B <= b->max_B);
+    int T = 1;
+    for (int r = 0; r < B; r++) {
+        int rowlen = d->examples[idx[r]].len - 1; // inputs of a row
+        if (rowlen > T) T = rowlen;
+    }
+    assertCheck(T <= b->max_T);
+    b->B = B;
+    b->T = T;
+    b->loss_tokens = 0;
+    b->real_tokens = 0;
+    for (int r = 0; r < B; r++) {
+        const SftExample* e = &d->examples[idx[r]];
+        int* inp = b->inputs + (size_t)r * T;    // (T)
+        int* tgt = b->targets + (size_t)r * T;   // (T)
+        float* msk = b->mask + (size_t)r * T;    // (T)
+        int n = e->len - 1;
+        for (int t = 0; t < n; t++) {
+            inp[t] = e->tokens[t];
+            tgt[t] = e->tokens[t + 1];
+            // target t+1 is a response token or the eot from t = P-1 on
+            msk[t] = t >= e->prompt_len - 1 ? 1.0f : 0.0f;
+        }
+        for (int t = n; t < T; t++) { // padding: never a target, never seen by real positions
+            inp[t] = pad_token;
+            tgt[t] = -1;
+            msk[t] = 0.0f;
+        }
+        b->loss_tokens += (size_t)(e->len - e->prompt_len);
+        b->real_tokens += (size_t)n;
+    }
+}
+
+void sft_batch_free(SftBatch* b) {
+    free(b->inputs);
+    free(b->targets);
+    free(b->mask);
+    memset(b, 0, sizeof *b);
+}
+
+// ----------------------------------------------------------------------------
+// order
+
+static const SftData* sort_data; // qsort has no context argument
+static int by_length(const void* pa, const void* pb) {
+    size_t a = *(const size_t*)pa, b = *(const size_t*)pb;
+    int la = sort_data->examples[a].len, lb = sort_data->examples[b].len;
+    if (la != lb) return la < lb ? -1 : 1;
+    return a < b ? -1 : a > b; // ties by index: the same order on every libc
+}
+
+static void sort_by_length(const SftData* d, size_t* idx, size_t n) {
+    sort_data = d;
+    qsort(idx, n, sizeof *idx, by_length);
+    sort_data = NULL;
+}
+
+static void shuffle(Rng* rng, size_t* a, size_t n) {
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)rng_below(rng, i);
+        size_t t = a[i - 1];
+        a[i - 1] = a[j];
+        a[j] = t;
+    }
+}
+
+// A new epoch: shuffle, sort buckets by length, shuffle the batches.
+static void start_epoch(SftSampler* s) {
+    size_t n = s->data->n, bs = (size_t)s->batch_size;
+    size_t* order = s->order;
+    for (size_t i = 0; i < n; i++) order[i] = i;
+    shuffle(&s->rng, order, n);
+    size_t bucket = bs * SFT_BUCKET_BATCHES;
+    for (size_t i = 0; i < n; i += bucket)
+        sort_by_length(s->data, order + i, n - i < bucket ? n - i : bucket);
+    // batch b is order[b*bs ..]; visit the batches in a random order (the
+    // short last batch included), rebuilding order batch after batch
+    size_t nb = s->num_batches;
+    size_t* perm = mallocCheck(nb * sizeof(size_t));
+    for (size_t b = 0; b < nb; b++) perm[b] = b;
+    shuffle(&s->rng, perm, nb);
+    size_t* sorted = mallocCheck(n * sizeof(size_t));
+    memcpy(sorted, order, n * sizeof(size_t));
+    size_t pos = 0;
+    for (size_t k = 0; k < nb; k++) {
+        size_t start = perm[k] * bs, end = start + bs < n ? start + bs : n;
+        s->batch_start[k] = pos;
+        for (size_t i = start; i < end; i++) order[pos++] = sorted[i];
+    }
+    s->batch_start[nb] = pos;
+    free(sorted);
+    free(perm);
+    s->next = 0;
+    s->epoch++;
+}
+
+void sft_sampler_init(SftSampler* s, const SftData* d, int batch_size, uint64_t seed) {
+    assertCheck(d->n > 0 && batch_size >= 1);
+    memset(s, 0, sizeof *s);
+    s->data = d;
+    s->batch_size = batch_size;
+    rng_seed(&s->rng, seed);
+    s->order = mallocCheck(d->n * sizeof(size_t));
+    s->num_batches = (d->n + (size_t)batch_size - 1) / (size_t)batch_size;
+    s->batch_start = mallocCheck((s->num_batches + 1) * sizeof(size_t));
+    s->next = s->num_batches; // the first call starts epoch 1
+}
+
+const size_t* sft_sampler_next(SftSampler* s, int* B) {
+    if (s->next == s->num_batches) start_epoch(s);
+    size_t k = s->next++;
+    *B = (int)(s->batch_start[k + 1] - s->batch_start[k]);
+    return s->order + s->batch_start[k];
+}
+
+void sft_sampler_free(SftSampler* s) {
+    free(s->order);
+    free(s->batch_start);
+    memset(s, 0, sizeof *s);
+}
+
+// ----------------------------------------------------------------------------
+// evaluation
+
+double sft_eval(GPT* model, const SftData* d, SftBatch* b, int pad_token, size_t* loss_tokens) {
+    size_t* idx = mallocCheck(d->n * sizeof(size_t));
+    for (size_t i = 0; i < d->n; i++) idx[i] = i;
+    sort_by_length(d, idx, d->n); // similar lengths together: least padding
+    double loss_sum = 0.0;
+    size_t total = 0;
+    for (size_t i = 0; i < d->n; i += (size_t)b->max_B) {
+        int B = d->n - i < (size_t)b->max_B ? (int)(d->n - i) : b->max_B;
+        sft_batch_fill(b, d, idx + i, B, pad_token);
+        gpt_forward(model, b->inputs, b->targets, b->mask, b->B, b->T);
+        // mean_loss is the batch's mean over its loss tokens: weigh it back
+        loss_sum += (double)model->mean_loss * (double)b->loss_tokens;
+        total += b->loss_tokens;
+    }
+    free(idx);
+    if (loss_tokens) *loss_tokens = total;
+    return total ? loss_sum / (double)total : 0.0;
+}
