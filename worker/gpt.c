@@ -293,17 +293,43 @@ float* gpt_hidden_grad(GPT* model) {
     return model->d_ln;
 }
 
-void gpt_backward(GPT* model) {
-    if (model->mean_loss < 0) fatalf("gpt_backward needs a forward pass with targets first");
+// LM head backward: d(loss_i) = dlosses[i] (on the device) into d_ln and wte.
+static void lm_head_backward(GPT* model, const float* dlosses) {
     const Ops* ops = model->ops;
     int V = model->config.vocab_size, C = model->config.channels;
     size_t BT = (size_t)model->B * model->T;
     ActivationTensors a = model->acts;
-    float* dlnf = gpt_hidden_grad(model); // zeroed (B,T,C)
-    // LM head: logits become their own gradient (B,T,V)
-    ops->crossentropy_backward(a.logits, a.logits, a.losses, model->dlosses, model->targets, BT, V);
-    ops->matmul_backward(dlnf, model->grads.wte, NULL, a.logits, a.lnf, model->params.wte, BT, C, V);
+    // logits become their own gradient (B,T,V)
+    ops->crossentropy_backward(a.logits, a.logits, a.losses, dlosses, model->targets, BT, V);
+    ops->matmul_backward(model->d_ln, model->grads.wte, NULL, a.logits, a.lnf, model->params.wte, BT, C, V);
+}
+
+void gpt_backward(GPT* model) {
+    if (model->mean_loss < 0) fatalf("gpt_backward needs a forward pass with targets first");
+    gpt_hidden_grad(model); // zeroed d(lnf) (B,T,C)
+    lm_head_backward(model, model->dlosses);
     gpt_backward_trunk(model);
+}
+
+void gpt_token_logprobs(const GPT* model, float* logp) {
+    if (model->mean_loss < 0) fatalf("gpt_token_logprobs needs a forward pass with targets first");
+    size_t BT = (size_t)model->B * model->T;
+    int* targets = mallocCheck(BT * sizeof(int));
+    model->ops->to_host(logp, model->acts.losses, BT * sizeof(float));
+    model->ops->to_host(targets, model->targets, BT * sizeof(int));
+    for (size_t i = 0; i < BT; i++) logp[i] = targets[i] < 0 ? 0.0f : -logp[i];
+    free(targets);
+}
+
+void gpt_lm_head_backward(GPT* model, const float* dlogp) {
+    if (model->mean_loss < 0) fatalf("gpt_lm_head_backward needs a forward pass with targets first");
+    if (!model->scratch_memory) fatalf("gpt_lm_head_backward needs gpt_hidden_grad first");
+    size_t BT = (size_t)model->B * model->T;
+    float* dl = mallocCheck(BT * sizeof(float));
+    for (size_t i = 0; i < BT; i++) dl[i] = -dlogp[i]; // loss_i = -logp_i
+    model->ops->to_device(model->dlosses, dl, BT * sizeof(float));
+    free(dl);
+    lm_head_backward(model, model->dlosses);
 }
 
 void gpt_backward_trunk(GPT* model) {

@@ -145,6 +145,18 @@ void gpt_backward(GPT* model);
 // gpt_backward is exactly this with the tied LM head as the head.
 float* gpt_hidden_grad(GPT* model);
 void gpt_backward_trunk(GPT* model);
+
+// Policy-gradient methods (PPO, REINFORCE, GRPO, DPO, ...) work on the
+// log-probabilities of the tokens, not on a mean loss. After gpt_forward with
+// targets (mask is irrelevant here):
+//   gpt_token_logprobs(model, logp);     // (B,T) host: log p(targets[b,t] | prefix); 0 where target < 0
+//   float* dlnf = gpt_hidden_grad(model);
+//   gpt_lm_head_backward(model, dlogp);  // dlogp (B,T) host: dJ/dlogp of the objective J to MINIMISE
+//   ... other heads (value) add into dlnf ...
+//   gpt_backward_trunk(model);
+// gpt_lm_head_backward overwrites acts.logits with their gradient, as gpt_backward does.
+void gpt_token_logprobs(const GPT* model, float* logp);
+void gpt_lm_head_backward(GPT* model, const float* dlogp);
 // Clips by global norm (if cfg->grad_clip > 0) and takes one AdamW step.
 // Returns the global gradient norm before clipping.
 float gpt_update(GPT* model, const AdamWConfig* cfg);
