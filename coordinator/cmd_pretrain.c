@@ -41,35 +41,10 @@ static const char* const SYNOPSIS =
     "Keys: rlhfd pretrain --help-config.";
 
 int cmd_pretrain(int argc, char** argv) {
-    const char* config_path = NULL;
-    const char* model_path = NULL;
-    ArgList sets = {0};
-    int print_config = 0, help_config = 0, overwrite = 0;
-    const ArgSpec specs[] = {
-        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/tiny.ini"},
-        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. train.lr=1e-3 (repeatable)"},
-        {"model", ARG_STR, &model_path, "PATH: start from this model (= model.init); shape from it"},
-        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
-        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
-        {"overwrite", ARG_FLAG, &overwrite, "clear old checkpoints and metrics from run.dir first"},
-    };
-    args_parse(CMD, SYNOPSIS, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
-    if (help_config) {
-        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
-        config_print_help(stdout);
-        return 0;
-    }
-
-    // ---- config: defaults < file < --set < --model
-    Config* cfg = config_new();
-    if (config_path) config_load_file(cfg, config_path);
-    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
-    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
-    if (print_config) {
-        config_print(cfg, stdout);
-        config_free(cfg);
-        return 0;
-    }
+    TrainCli cli;
+    Config* cfg = train_cli_config(CMD, SYNOPSIS, "PATH: start from this model (= model.init); shape from it", NULL, 0,
+                                   &cli, argc, argv);
+    if (!cfg) return 0;
 
     ops_cpu_set_threads(config_int(cfg, "train.threads"));
     const Ops* ops = ops_cpu();
@@ -111,7 +86,7 @@ int cmd_pretrain(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
 
     fprintf(stderr,
             "pretrain: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d T=%d steps=%d | "

@@ -324,36 +324,10 @@ static void save_checkpoint(const RewardModel* rm, const Config* cfg, const char
 static json_t* json_number_or_null(double x) { return isnan(x) ? json_null() : json_real(x); }
 
 int cmd_rm(int argc, char** argv) {
-    const char* config_path = NULL;
-    const char* model_path = NULL;
-    ArgList sets = {0};
-    int print_config = 0, help_config = 0, overwrite = 0, skip_bad = 0;
-    const ArgSpec specs[] = {
-        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/rm.ini"},
-        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. rm.train=data/rankings.jsonl (repeatable)"},
-        {"model", ARG_STR, &model_path, "PATH: initialise the trunk from this (SFT) model (= model.init)"},
-        {"overwrite", ARG_FLAG, &overwrite, "clear old checkpoints and metrics from run.dir first"},
-        {"skip-bad", ARG_FLAG, &skip_bad, "skip bad records and too-long responses (warn) instead of failing"},
-        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
-        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
-    };
-    args_parse(CMD, SYNOPSIS, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
-    if (help_config) {
-        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
-        config_print_help(stdout);
-        return 0;
-    }
-
-    // ---- config: defaults < file < --set < --model
-    Config* cfg = config_new();
-    if (config_path) config_load_file(cfg, config_path);
-    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
-    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
-    if (print_config) {
-        config_print(cfg, stdout);
-        config_free(cfg);
-        return 0;
-    }
+    TrainCli cli;
+    Config* cfg = train_cli_config(CMD, SYNOPSIS, "PATH: initialise the trunk from this (SFT) model (= model.init)",
+                                   NULL, 1, &cli, argc, argv);
+    if (!cfg) return 0;
     const char* train_path = config_str(cfg, "rm.train");
     if (!train_path[0])
         fatalf("%s: rm.train is empty (set it to a rankings JSONL file)", config_origin(cfg, "rm.train"));
@@ -384,12 +358,12 @@ int cmd_rm(int argc, char** argv) {
 
     // ---- data
     RankData train, val;
-    rank_data_load(&train, train_path, tok, ctx, skip_bad);
+    rank_data_load(&train, train_path, tok, ctx, cli.skip_bad);
     size_t skipped = train.skipped;
     const char* val_path = config_str(cfg, "rm.val");
     int has_val = 1;
     if (val_path[0]) {
-        rank_data_load(&val, val_path, tok, ctx, skip_bad);
+        rank_data_load(&val, val_path, tok, ctx, cli.skip_bad);
         skipped += val.skipped;
     } else {
         // hold out a seeded random share of rm.train
@@ -406,7 +380,7 @@ int cmd_rm(int argc, char** argv) {
         free(idx);
     }
     SeqSet norm;
-    norm_samples_load(&norm, cfg, &train, tok, ctx, skip_bad);
+    norm_samples_load(&norm, cfg, &train, tok, ctx, cli.skip_bad);
 
     const int batch = config_int(cfg, "train.batch");
     const double epochs = config_double(cfg, "rm.epochs");
@@ -422,7 +396,7 @@ int cmd_rm(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
 
     fprintf(stderr,
             "rm: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | %zu train rankings, %zu val | "

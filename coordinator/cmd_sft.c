@@ -81,31 +81,10 @@ static void log_step(int step, int steps, int epoch, double loss, double val_los
 }
 
 int cmd_sft(int argc, char** argv) {
-    const char* config_path = NULL;
-    const char* model_path = NULL;
-    ArgList sets = {0};
-    int print_config = 0, overwrite = 0, skip_bad = 0;
-    const ArgSpec specs[] = {
-        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/sft.ini"},
-        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. train.lr=1e-4 (repeatable)"},
-        {"model", ARG_STR, &model_path, "PATH: the pretrained model (= model.init); shape from it"},
-        {"overwrite", ARG_FLAG, &overwrite, "clear old checkpoints and metrics from run.dir first"},
-        {"skip-bad", ARG_FLAG, &skip_bad, "skip (and count) bad or too long records instead of failing"},
-        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
-    };
-    args_parse(CMD, SYNOPSIS, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
-
-    // ---- config: defaults < file < --set < --model
-    Config* cfg = config_new();
-    if (config_path) config_load_file(cfg, config_path);
-    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
-    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
-    if (!config_is_set(cfg, "run.dir")) config_set_value(cfg, "run.dir", "runs/sft", "sft default");
-    if (print_config) {
-        config_print(cfg, stdout);
-        config_free(cfg);
-        return 0;
-    }
+    TrainCli cli;
+    Config* cfg = train_cli_config(CMD, SYNOPSIS, "PATH: the pretrained model (= model.init); shape from it",
+                                   "runs/sft", 1, &cli, argc, argv);
+    if (!cfg) return 0;
     const char* train_path = config_str(cfg, "sft.train");
     const char* val_path = config_str(cfg, "sft.val");
     if (!train_path[0]) fatalf("%s: sft.train is empty (a JSONL file of {\"prompt\", \"response\"})",
@@ -127,9 +106,9 @@ int cmd_sft(int argc, char** argv) {
 
     // ---- data
     SftData train_data, val_data;
-    sft_data_load(&train_data, train_path, tok, ctx, skip_bad);
+    sft_data_load(&train_data, train_path, tok, ctx, cli.skip_bad);
     const int has_val = val_path[0] != '\0';
-    if (has_val) sft_data_load(&val_data, val_path, tok, ctx, skip_bad);
+    if (has_val) sft_data_load(&val_data, val_path, tok, ctx, cli.skip_bad);
     tokenizer_free(tok);
 
     const int B = config_int(cfg, "train.batch");
@@ -148,7 +127,7 @@ int cmd_sft(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
 
     fprintf(stderr,
             "sft: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d steps=%d (%.2f epochs) | "

@@ -298,3 +298,38 @@ void format_duration(double seconds, char* buf, size_t cap) {
     if (s >= 3600) snprintf(buf, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
     else snprintf(buf, cap, "%ld:%02ld", s / 60, s % 60);
 }
+
+Config* train_cli_config(const char* cmd, const char* synopsis, const char* model_help,
+                         const char* run_dir_default, int with_skip_bad, TrainCli* cli, int argc, char** argv) {
+    memset(cli, 0, sizeof *cli);
+    int print_config = 0, help_config = 0;
+    const ArgSpec specs[] = {
+        {"config", ARG_STR, &cli->config_path, "FILE: INI config (see deploy/configs/)"},
+        {"set", ARG_MULTI, &cli->sets, "KEY=VALUE: override a key, e.g. train.lr=1e-3 (repeatable)"},
+        {"model", ARG_STR, &cli->model_path, model_help},
+        {"overwrite", ARG_FLAG, &cli->overwrite, "clear old checkpoints and metrics from run.dir first"},
+        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
+        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
+        {"skip-bad", ARG_FLAG, &cli->skip_bad, "skip (and count) bad or too long records instead of failing"},
+    };
+    // --skip-bad (last) only for commands that read records
+    int nspecs = (int)(sizeof specs / sizeof specs[0]) - (with_skip_bad ? 0 : 1);
+    args_parse(cmd, synopsis, specs, nspecs, argc, argv);
+    if (help_config) {
+        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
+        config_print_help(stdout);
+        return NULL;
+    }
+    Config* cfg = config_new();
+    if (cli->config_path) config_load_file(cfg, cli->config_path);
+    for (int i = 0; i < cli->sets.n; i++) config_set(cfg, cli->sets.items[i], "--set");
+    if (cli->model_path) config_set_value(cfg, "model.init", cli->model_path, "--model");
+    if (run_dir_default && !config_is_set(cfg, "run.dir"))
+        config_set_value(cfg, "run.dir", run_dir_default, "default");
+    if (print_config) {
+        config_print(cfg, stdout);
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <jansson.h>
+#include "../common/args.h"
 #include "../common/config.h"
 #include "../common/rng.h"
 #include "../common/shard.h"
@@ -89,3 +90,20 @@ void write_json_line(FILE* f, json_t* obj);
 double now_seconds(void);
 // "1:02:03" / "2:03" into buf.
 void format_duration(double seconds, char* buf, size_t cap);
+
+// ---- the command-line front end shared by the training commands
+// (pretrain, sft, rm, ...): --config FILE, --set K=V (repeatable), --model PATH,
+// --overwrite, --print-config, --help-config, and --skip-bad if with_skip_bad.
+typedef struct {
+    const char* config_path;
+    const char* model_path;
+    ArgList sets;
+    int overwrite, skip_bad;
+} TrainCli;
+
+// Parses the options and builds the config: defaults < --config < --set <
+// --model (which sets model.init). model_help describes --model for this
+// command; run_dir_default (may be NULL) replaces run.dir's default. Returns NULL after --print-config / --help-config (the caller
+// exits 0); usage errors exit 2, bad config input exits 1.
+Config* train_cli_config(const char* cmd, const char* synopsis, const char* model_help,
+                         const char* run_dir_default, int with_skip_bad, TrainCli* cli, int argc, char** argv);
