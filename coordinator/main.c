@@ -10,12 +10,19 @@ typedef struct {
 } Command;
 
 static const Command COMMANDS[] = {
-    {"demo",     cmd_demo,     "the whole pipeline with a shipped config: pretrain -> SFT -> label -> RM"},
+    {"demo",     cmd_demo,     "the whole pipeline with shipped configs: pretrain -> SFT -> label -> RM -> RL"},
     {"pretrain", cmd_pretrain, "train a GPT on token shards (from scratch or --model)"},
     {"sft",      cmd_sft,      "supervised fine-tuning on {prompt, response} demonstrations"},
     {"label",    cmd_label,    "sample K responses per prompt and rank them with simulated labelers"},
     {"rm",       cmd_rm,       "train a reward model on rankings / preference pairs"},
     {"score",    cmd_score,    "score {prompt, response} records with a reward model"},
+    {"ppo",      cmd_ppo,      "RL fine-tuning with PPO: value head, GAE, clipped losses, KL control"},
+    {"pg",       cmd_pg,       "REINFORCE with a baseline and a classifier/RM reward"},
+    {"grpo",     cmd_grpo,     "GRPO: group-relative advantages, no critic, KL in the loss"},
+    {"rloo",     cmd_rloo,     "RLOO: leave-one-out baseline over G samples per prompt"},
+    {"quark",    cmd_quark,    "Quark: reward-quantile control tokens + KL to the reference"},
+    {"dpo",      cmd_dpo,      "DPO on preference pairs / rankings, with the reference model"},
+    {"evaluate", cmd_evaluate, "held-out gold score, reward and KL of a policy's samples"},
     {"eval",     cmd_eval,     "mean next-token loss of a model on a token shard"},
     {"generate", cmd_generate, "sample text with the KV-cache decoder"},
     {"tokenize", cmd_tokenize, "GPT-2 BPE: text file -> llm.c token shard"},

@@ -1,0 +1,337 @@
+// rl_common.c - plumbing shared by the RL commands (rl_common.h).
+#include "rl_common.h"
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "train_util.h"
+#include "../common/args.h"
+#include "../common/check.h"
+#include "../common/hfdata.h"
+#include "../common/rng.h"
+#include "../worker/model_io.h"
+
+int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, char** argv) {
+    memset(run, 0, sizeof *run);
+    run->cmd = cmd;
+    const char* config_path = NULL;
+    const char* model_path = NULL;
+    ArgList sets = {0};
+    int print_config = 0, help_config = 0;
+    const ArgSpec specs[] = {
+        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/ppo.ini"},
+        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. rl.kl_coef=0.1 (repeatable)"},
+        {"model", ARG_STR, &model_path, "PATH: the SFT policy (= model.init): policy and reference start from it"},
+        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
+        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
+        {"overwrite", ARG_FLAG, &run->overwrite, "clear old checkpoints and metrics from run.dir first"},
+    };
+    args_parse(cmd, synopsis, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
+    if (help_config) {
+        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
+        config_print_help(stdout);
+        return 1;
+    }
+    Config* cfg = config_new();
+    if (config_path) config_load_file(cfg, config_path);
+    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
+    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
+    if (!config_is_set(cfg, "run.dir")) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "runs/%s", cmd);
+        config_set_value(cfg, "run.dir", dir, "default");
+    }
+    run->cfg = cfg;
+    if (print_config) {
+        config_print(cfg, stdout);
+        config_free(cfg);
+        run->cfg = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+// Drops prompts that encode to nothing or leave no room for a response.
+static void filter_prompts(RLRun* run, char** prompts, size_t* n, const char* path) {
+    const int ctx = run->policy.config.max_seq_len;
+    size_t kept = 0, dropped = 0;
+    int* ids = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < *n; i++) {
+        size_t len = 0;
+        tokenizer_encode(run->tok, prompts[i], strlen(prompts[i]), &ids, &len, &cap);
+        if (len == 0 || (int)len >= ctx) {
+            free(prompts[i]);
+            dropped++;
+            continue;
+        }
+        prompts[kept++] = prompts[i];
+    }
+    free(ids);
+    if (dropped)
+        fprintf(stderr, "%s: warning: %s: dropped %zu prompt(s) that are empty or fill the context (%d)\n",
+                run->cmd, path, dropped, ctx);
+    if (kept == 0) fatalf("%s: no usable prompt (all empty or longer than the context %d)", path, ctx);
+    *n = kept;
+}
+
+void rl_run_open(RLRun* run) {
+    Config* cfg = run->cfg;
+    const char* init = config_str(cfg, "model.init");
+    if (!init[0]) fatalf("rlhfd %s: no policy: give --model SFT_MODEL (or model.init)", run->cmd);
+    const char* reward_spec = config_str(cfg, "rl.reward");
+    if (!reward_spec[0])
+        fatalf("rlhfd %s: no reward: set rl.reward (rm:PATH, lexicon:FILE, command:PROG or W*SPEC+...)", run->cmd);
+
+    ops_cpu_set_threads(config_int(cfg, "train.threads"));
+    run->ops = ops_cpu();
+    run->t_start = now_seconds();
+    run->seed = (uint64_t)config_int(cfg, "train.seed");
+    run->iterations = config_int(cfg, "rl.iterations");
+    run->batch = config_int(cfg, "rl.batch");
+    run->eval_every = config_int(cfg, "rl.eval_every");
+
+    // policy and frozen reference from the same model
+    json_t* state = NULL;
+    model_load(&run->policy, init, run->ops, &state);
+    json_decref(state);
+    model_load(&run->ref, init, run->ops, NULL);
+    config_adopt_model_shape(cfg, run->policy.config, init);
+
+    run->tok = tokenizer_load(NULL);
+    if (tokenizer_vocab_size(run->tok) > run->policy.config.vocab_size)
+        fatalf("%s: vocab %d is smaller than the GPT-2 tokenizer's %d", init, run->policy.config.vocab_size,
+               tokenizer_vocab_size(run->tok));
+    run->reward = reward_open(reward_spec, run->ops);
+    const char* gold_spec = config_str(cfg, "rl.gold");
+    run->gold = gold_spec[0] ? reward_open(gold_spec, run->ops) : NULL;
+
+    // prompts
+    const char* ppath = config_str(cfg, "rl.prompts");
+    if (!ppath[0]) fatalf("rlhfd %s: rl.prompts is empty", run->cmd);
+    size_t skipped = 0;
+    run->prompts = hf_read_prompts(ppath, 1, &run->num_prompts, &skipped);
+    filter_prompts(run, run->prompts, &run->num_prompts, ppath);
+    const char* vpath = config_str(cfg, "rl.val_prompts");
+    if (vpath[0]) {
+        run->val_prompts = hf_read_prompts(vpath, 1, &run->num_val, &skipped);
+        filter_prompts(run, run->val_prompts, &run->num_val, vpath);
+        size_t keep = (size_t)config_int(cfg, "rl.eval_prompts");
+        if (keep > 0 && keep < run->num_val) {
+            for (size_t i = keep; i < run->num_val; i++) free(run->val_prompts[i]);
+            run->num_val = keep;
+        }
+    }
+    run->order = mallocCheck(run->num_prompts * sizeof(size_t));
+    run->order_pos = run->num_prompts; // shuffle on first use
+
+    run->rollout = rollout_config_default();
+    run->rollout.max_new_tokens = config_int(cfg, "rl.max_new_tokens");
+    run->rollout.temperature = config_float(cfg, "rl.temperature");
+    run->rollout.top_k = config_int(cfg, "rl.top_k");
+    run->adamw = (AdamWConfig){
+        .lr = config_float(cfg, "train.lr"),
+        .beta1 = config_float(cfg, "train.beta1"),
+        .beta2 = config_float(cfg, "train.beta2"),
+        .eps = config_float(cfg, "train.eps"),
+        .weight_decay = config_float(cfg, "train.weight_decay"),
+        .grad_clip = config_float(cfg, "train.grad_clip"),
+    };
+
+    run->run_dir = config_str(cfg, "run.dir");
+    run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
+    const GPTConfig* c = &run->policy.config;
+    fprintf(stderr,
+            "%s: policy %s (L=%d C=%d ctx=%d, %zu params) | reward %s | gold %s | %zu prompts, %zu held out | "
+            "%d iterations x %d prompts | run dir %s\n",
+            run->cmd, init, c->num_layers, c->channels, c->max_seq_len, run->policy.num_parameters,
+            reward_spec, gold_spec[0] ? gold_spec : "(none)", run->num_prompts, run->num_val,
+            run->iterations, run->batch, run->run_dir);
+}
+
+void rl_run_close(RLRun* run) {
+    gpt_free(&run->policy);
+    gpt_free(&run->ref);
+    if (run->reward) reward_close(run->reward);
+    if (run->gold) reward_close(run->gold);
+    if (run->tok) tokenizer_free(run->tok);
+    if (run->prompts) hf_free_prompts(run->prompts, run->num_prompts);
+    if (run->val_prompts) hf_free_prompts(run->val_prompts, run->num_val);
+    free(run->order);
+    if (run->metrics) fclose(run->metrics);
+    if (run->cfg) config_free(run->cfg);
+    memset(run, 0, sizeof *run);
+}
+
+void rl_next_prompts(RLRun* run, const char** out, int n) {
+    for (int k = 0; k < n; k++) {
+        if (run->order_pos >= run->num_prompts) { // new pass: Fisher-Yates with a per-pass stream
+            Rng rng;
+            rng_seed(&rng, run->seed ^ (0x9E3779B97F4A7C15ull * (run->order_pass + 1)));
+            for (size_t i = 0; i < run->num_prompts; i++) run->order[i] = i;
+            for (size_t i = run->num_prompts; i > 1; i--) {
+                size_t j = (size_t)rng_below(&rng, i);
+                size_t t = run->order[i - 1]; run->order[i - 1] = run->order[j]; run->order[j] = t;
+            }
+            run->order_pos = 0;
+            run->order_pass++;
+        }
+        out[k] = run->prompts[run->order[run->order_pos++]];
+    }
+}
+
+uint64_t rl_sample_seed(const RLRun* run, int iter, int i) {
+    return run->seed * 1000003ull + (uint64_t)iter * 100000ull + (uint64_t)i;
+}
+
+float** rl_alloc_per_token(const Rollout* r) {
+    float** a = mallocCheck((size_t)(r->n > 0 ? r->n : 1) * sizeof(float*));
+    for (int i = 0; i < r->n; i++)
+        a[i] = callocCheck((size_t)(r->resp_len[i] > 0 ? r->resp_len[i] : 1), sizeof(float));
+    return a;
+}
+
+void rl_free_per_token(float** a, int n) {
+    if (!a) return;
+    for (int i = 0; i < n; i++) free(a[i]);
+    free(a);
+}
+
+double rl_gold_mean(RLRun* run, const Rollout* r, double* t_score) {
+    if (!run->gold || r->n == 0) return 0.0;
+    double t0 = now_seconds();
+    float* s = mallocCheck((size_t)r->n * sizeof(float));
+    rollout_score(r, run->gold, s);
+    double sum = 0.0;
+    for (int i = 0; i < r->n; i++) sum += s[i];
+    free(s);
+    if (t_score) *t_score += now_seconds() - t0;
+    return sum / r->n;
+}
+
+void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra) {
+    double t_iter = st->t_generate + st->t_score + st->t_logprobs + st->t_train;
+    run->t_generate += st->t_generate;
+    run->t_score += st->t_score;
+    run->t_logprobs += st->t_logprobs;
+    run->t_train += st->t_train;
+    run->rollout_tokens += st->rollout_tokens;
+
+    json_t* row = json_object();
+    json_object_set_new(row, "iter", json_integer(iter));
+    json_object_set_new(row, "reward", json_real(st->reward));
+    json_object_set_new(row, "gold", json_real(st->gold));
+    json_object_set_new(row, "kl", json_real(st->kl));
+    json_object_set_new(row, "entropy", json_real(st->entropy));
+    json_object_set_new(row, "response_len", json_real(st->response_len));
+    if (extra) {
+        const char* key;
+        json_t* value;
+        json_object_foreach(extra, key, value) json_object_set(row, key, value);
+        json_decref(extra);
+    }
+    json_object_set_new(row, "t_generate", json_real(st->t_generate));
+    json_object_set_new(row, "t_score", json_real(st->t_score));
+    json_object_set_new(row, "t_logprobs", json_real(st->t_logprobs));
+    json_object_set_new(row, "t_train", json_real(st->t_train));
+    json_object_set_new(row, "rollout_tokens_per_s",
+                        json_real(st->t_generate > 0 ? (double)st->rollout_tokens / st->t_generate : 0.0));
+    write_json_line(run->metrics, row);
+    json_decref(row);
+    fflush(run->metrics);
+
+    char eta[32];
+    format_duration((now_seconds() - run->t_start) / iter * (run->iterations - iter), eta, sizeof eta);
+    fprintf(stderr,
+            "%s iter %*d/%d | reward %+.4f | gold %+.4f | kl %.3f | len %.1f | gen %.1fs (%.0f tok/s) score %.1fs "
+            "logp %.1fs train %.1fs | ETA %s\n",
+            run->cmd, snprintf(NULL, 0, "%d", run->iterations), iter, run->iterations, st->reward, st->gold,
+            st->kl, st->response_len, st->t_generate,
+            st->t_generate > 0 ? (double)st->rollout_tokens / st->t_generate : 0.0, st->t_score,
+            st->t_logprobs, st->t_train, eta);
+    (void)t_iter;
+}
+
+RolloutEval rl_evaluate(RLRun* run) {
+    double t0 = now_seconds();
+    RolloutEval ev = {0};
+    if (run->num_val > 0)
+        ev = rollout_evaluate(&run->policy, &run->ref, run->reward, run->gold, run->tok,
+                              (const char* const*)run->val_prompts, (int)run->num_val, run->seed + 7777,
+                              &run->rollout);
+    run->t_eval += now_seconds() - t0;
+    return ev;
+}
+
+void rl_maybe_evaluate(RLRun* run, int iter) {
+    if (run->eval_every <= 0 || iter % run->eval_every != 0 || iter == run->iterations || run->num_val == 0)
+        return;
+    RolloutEval ev = rl_evaluate(run);
+    json_t* row = json_object();
+    json_object_set_new(row, "iter", json_integer(iter));
+    json_object_set_new(row, "eval", json_true());
+    json_object_set_new(row, "eval_gold", json_real(ev.gold));
+    json_object_set_new(row, "eval_reward", json_real(ev.reward));
+    json_object_set_new(row, "eval_kl", json_real(ev.kl));
+    json_object_set_new(row, "eval_response_len", json_real(ev.response_len));
+    write_json_line(run->metrics, row);
+    json_decref(row);
+    fflush(run->metrics);
+    fprintf(stderr, "%s eval @ iter %d | held-out gold %+.4f | reward %+.4f | kl %.3f (%d prompts)\n", run->cmd,
+            iter, ev.gold, ev.reward, ev.kl, ev.n);
+}
+
+void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* state_extra,
+               json_t* summary_extra) {
+    // checkpoint
+    char* path = run_dir_checkpoint_path(run->run_dir, run->iterations);
+    snprintf(run->checkpoint, sizeof run->checkpoint, "%s", path);
+    free(path);
+    json_t* state = json_object();
+    json_object_set_new(state, "kind", json_string(run->cmd));
+    json_object_set_new(state, "iterations", json_integer(run->iterations));
+    if (state_extra) {
+        const char* key;
+        json_t* value;
+        json_object_foreach(state_extra, key, value) json_object_set(state, key, value);
+        json_decref(state_extra);
+    }
+    json_object_set_new(state, "config", config_to_json(run->cfg));
+    checkpoint_save_extra(&run->policy, run->checkpoint, state, 1, extra, num_extra, NULL);
+    json_decref(state);
+    run_dir_prune(run->run_dir, config_int(run->cfg, "train.keep_checkpoints"));
+    if (fclose(run->metrics) != 0) fatalf("cannot write '%s': %s", run->metrics_path, strerror(errno));
+    run->metrics = NULL;
+
+    // final held-out evaluation
+    RolloutEval ev = rl_evaluate(run);
+    fprintf(stderr, "%s final eval | held-out gold %+.4f | reward %+.4f | kl %.3f | len %.1f (%d prompts)\n",
+            run->cmd, ev.gold, ev.reward, ev.kl, ev.response_len, ev.n);
+
+    json_t* s = json_object();
+    json_object_set_new(s, "gold", json_real(ev.gold));
+    json_object_set_new(s, "reward", json_real(ev.reward));
+    json_object_set_new(s, "kl", json_real(ev.kl));
+    json_object_set_new(s, "response_len", json_real(ev.response_len));
+    json_object_set_new(s, "eval_prompts", json_integer(ev.n));
+    json_object_set_new(s, "iterations", json_integer(run->iterations));
+    json_object_set_new(s, "checkpoint", json_string(run->checkpoint));
+    json_object_set_new(s, "run_dir", json_string(run->run_dir));
+    json_object_set_new(s, "seconds", json_real(now_seconds() - run->t_start));
+    json_object_set_new(s, "t_generate", json_real(run->t_generate));
+    json_object_set_new(s, "t_score", json_real(run->t_score));
+    json_object_set_new(s, "t_logprobs", json_real(run->t_logprobs));
+    json_object_set_new(s, "t_train", json_real(run->t_train));
+    json_object_set_new(s, "t_eval", json_real(run->t_eval));
+    json_object_set_new(s, "rollout_tokens_per_s",
+                        json_real(run->t_generate > 0 ? (double)run->rollout_tokens / run->t_generate : 0.0));
+    if (summary_extra) {
+        const char* key;
+        json_t* value;
+        json_object_foreach(summary_extra, key, value) json_object_set(s, key, value);
+        json_decref(summary_extra);
+    }
+    write_json_line(stdout, s);
+    fflush(stdout);
+    json_decref(s);
+}

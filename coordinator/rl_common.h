@@ -1,0 +1,113 @@
+// rl_common.h - plumbing shared by the RL commands (rlhfd ppo, pg, grpo,
+// rloo, quark, dpo): options and config, the policy and its frozen
+// reference, the reward and gold scorers, prompts, metrics lines with phase
+// timings, checkpoints, the final held-out evaluation and the summary line.
+//
+//   RLRun run;
+//   if (rl_run_parse(&run, "ppo", SYNOPSIS, argc, argv)) return 0;  // --help-config / --print-config
+//   rl_run_open(&run);                       // models, reward, gold, prompts, run dir
+//   for (int it = 1; it <= run.iterations; it++) {
+//       const char* prompts[...]; rl_next_prompts(&run, prompts, run.batch);
+//       ... rollouts (worker/rollout.h), update ...
+//       RLIterStats st = {...};  json_t* extra = json_object(); ... algorithm's stats ...
+//       rl_log_iteration(&run, it, &st, extra);   // metrics.jsonl + stderr; steals extra
+//       rl_maybe_evaluate(&run, it);              // held-out eval every rl.eval_every
+//   }
+//   rl_finish(&run, NULL, 0, NULL, summary_extra);  // checkpoint, final eval, summary line
+//   rl_run_close(&run);
+// Same config + train.seed -> the same prompts, seeds and metrics.
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+#include <jansson.h>
+#include "../common/config.h"
+#include "../common/safetensors.h"
+#include "../common/tokenizer.h"
+#include "../worker/gpt.h"
+#include "../worker/rewards.h"
+#include "../worker/rollout.h"
+
+typedef struct {
+    const char* cmd;      // "ppo", ...
+    Config* cfg;
+    int overwrite;
+    const Ops* ops;
+    GPT policy;           // trained
+    GPT ref;              // frozen reference (same init)
+    Tokenizer* tok;
+    RewardFn* reward;     // rl.reward (required)
+    RewardFn* gold;       // rl.gold (NULL if empty)
+    char** prompts;       // rl.prompts (those that fit the context)
+    size_t num_prompts;
+    char** val_prompts;   // first rl.eval_prompts of rl.val_prompts (NULL/0 if empty)
+    size_t num_val;
+    RolloutConfig rollout;
+    AdamWConfig adamw;
+    uint64_t seed;        // train.seed
+    int iterations, batch, eval_every;
+    const char* run_dir;
+    FILE* metrics;
+    char metrics_path[4096];
+    // prompt order: a permutation of the prompts, reshuffled every pass
+    size_t* order;
+    size_t order_pos;
+    uint64_t order_pass;
+    // totals over the run (seconds)
+    double t_start, t_generate, t_score, t_logprobs, t_train, t_eval;
+    size_t rollout_tokens;
+    char checkpoint[4200]; // last checkpoint written
+} RLRun;
+
+// Parses --config FILE --set K=V... --model PATH --overwrite --print-config
+// --help-config into run (zeroed first) and builds the config (defaults <
+// file < --set < --model). Returns 1 when the command is done (help or
+// print-config was asked for), 0 to go on. Usage errors exit 2.
+int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, char** argv);
+// Loads the policy and the reference from model.init (fatal if empty: "no
+// --model"), the tokenizer, rl.reward (fatal if empty), rl.gold, the prompts
+// (dropping those that do not leave a response room in the context, with a
+// warning), and starts run.dir (metrics.jsonl, config.json).
+void rl_run_open(RLRun* run);
+void rl_run_close(RLRun* run);
+
+// The next n training prompts (borrowed): a seeded shuffle of rl.prompts,
+// reshuffled after every pass.
+void rl_next_prompts(RLRun* run, const char** out, int n);
+// Sampling seed of sequence i of iteration iter (distinct per iteration and sequence).
+uint64_t rl_sample_seed(const RLRun* run, int iter, int i);
+// Allocates (n) per-token arrays of r->resp_len[i] floats (zeroed) / frees them.
+float** rl_alloc_per_token(const Rollout* r);
+void rl_free_per_token(float** a, int n);
+
+typedef struct {
+    double reward;        // mean rl.reward of this iteration's samples
+    double gold;          // mean gold score of the same samples (0 if no gold)
+    double kl;            // mean per-sequence sum of (logp - logp_ref), nats
+    double entropy;       // mean per-token entropy of the policy on its samples
+    double response_len;  // mean sampled tokens (eot included)
+    double t_generate, t_score, t_logprobs, t_train; // seconds of this iteration
+    size_t rollout_tokens;// sampled tokens this iteration
+} RLIterStats;
+
+// Mean rl.gold score of r's samples (0 without a gold scorer); adds the time to *t_score.
+double rl_gold_mean(RLRun* run, const Rollout* r, double* t_score);
+// Writes one metrics.jsonl line {iter, reward, gold, kl, entropy,
+// response_len, <extra's fields>, t_generate, t_score, t_logprobs, t_train,
+// rollout_tokens_per_s} and a progress line on stderr; steals extra (may be NULL).
+void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra);
+// Held-out evaluation of the policy on the val prompts (rollout_evaluate with
+// the run's sampling config and seed train.seed + 7777). Adds to t_eval.
+RolloutEval rl_evaluate(RLRun* run);
+// Every rl.eval_every iterations (not the last: rl_finish does that one):
+// evaluates and writes {"iter", "eval_gold", "eval_reward", "eval_kl"} as
+// its own metrics line (marked "eval": true) and on stderr.
+void rl_maybe_evaluate(RLRun* run, int iter);
+// Writes the final checkpoint RUN_DIR/ckpt-<iterations> (optimizer included,
+// state {"kind": cmd, "iterations", <state_extra>}, plus extra tensors),
+// closes metrics.jsonl, runs the final held-out evaluation and prints the
+// summary JSON as the last stdout line: gold, reward, kl, response_len,
+// checkpoint, run_dir, iterations, seconds, t_generate, t_score, t_logprobs,
+// t_train, t_eval, rollout_tokens_per_s, then summary_extra's fields.
+// Steals state_extra and summary_extra (may be NULL).
+void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* state_extra,
+               json_t* summary_extra);
