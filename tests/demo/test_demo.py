@@ -66,6 +66,19 @@ with tempfile.TemporaryDirectory() as tmp:
     metrics = [json.loads(l) for l in open(os.path.join(out, "ppo", "metrics.jsonl"))]
     check(len(metrics) == 3 and all("reward" in m and "kl" in m and "gold" in m for m in metrics),
           "ppo metrics.jsonl: one line per iteration with reward, gold, kl")
+    # PPO with a separate critic initialised from the demo's reward model (InstructGPT's choice)
+    critic_dir = os.path.join(tmp, "ppo_critic")
+    p_critic = run(["ppo", "--config", os.path.join(CONFIGS, "ppo.ini"), "--model", os.path.join(out, "sft"),
+                    "--set", "rl.reward=rm:" + os.path.join(out, "rm"), "--set", "ppo.value=critic",
+                    "--set", "rl.prompts=" + os.path.join(DATA, "reviews_prompts_train.jsonl"),
+                    "--set", "rl.val_prompts=" + os.path.join(DATA, "reviews_prompts_val.jsonl"),
+                    "--set", "rl.gold=lexicon:" + os.path.join(DATA, "sentiment", "languages", "en", "labels.json"),
+                    "--set", "rl.iterations=2", "--set", "run.dir=" + critic_dir])
+    if p_critic.returncode != 0:
+        print(p_critic.stderr[-2000:])
+    crit = [json.loads(l) for l in open(os.path.join(critic_dir, "metrics.jsonl"))] if p_critic.returncode == 0 else []
+    check(p_critic.returncode == 0 and len(crit) == 2 and all("value_loss" in m for m in crit),
+          "ppo.value=critic (critic from the RM) runs and logs its value loss")
     ev_sft = json.load(open(os.path.join(out, "eval", "sft.json")))
     ev_ppo = json.load(open(os.path.join(out, "eval", "ppo.json")))
     check([s["prompt"] for s in ev_sft["samples"]] == [s["prompt"] for s in ev_ppo["samples"]]
