@@ -342,31 +342,10 @@ static void set_stats(json_t* row, const char* prefix, const DpoStats* s) {
 }
 
 int cmd_dpo(int argc, char** argv) {
-    const char* config_path = NULL;
-    const char* model_path = NULL;
-    ArgList sets = {0};
-    int print_config = 0, overwrite = 0, skip_bad = 0;
-    const ArgSpec specs[] = {
-        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/dpo.ini"},
-        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. dpo.beta=0.2 (repeatable)"},
-        {"model", ARG_STR, &model_path, "PATH: the SFT model (= model.init): policy and reference"},
-        {"overwrite", ARG_FLAG, &overwrite, "clear old checkpoints and metrics from run.dir first"},
-        {"skip-bad", ARG_FLAG, &skip_bad, "skip (and count) bad or too long records instead of failing"},
-        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
-    };
-    args_parse(CMD, SYNOPSIS, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
-
-    // ---- config: defaults < file < --set < --model
-    Config* cfg = config_new();
-    if (config_path) config_load_file(cfg, config_path);
-    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
-    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
-    if (!config_is_set(cfg, "run.dir")) config_set_value(cfg, "run.dir", "runs/dpo", "dpo default");
-    if (print_config) {
-        config_print(cfg, stdout);
-        config_free(cfg);
-        return 0;
-    }
+    TrainCli cli;
+    Config* cfg = train_cli_config(CMD, SYNOPSIS, "PATH: the SFT model (= model.init): policy and reference",
+                                   "runs/dpo", 1, &cli, argc, argv);
+    if (!cfg) return 0;
     const char* train_path = config_str(cfg, "dpo.train");
     const char* val_path = config_str(cfg, "dpo.val");
     if (!train_path[0])
@@ -401,9 +380,9 @@ int cmd_dpo(int argc, char** argv) {
 
     // ---- data
     DpoPairs train_data, val_data;
-    dpo_pairs_load(&train_data, train_path, tok, ctx, all_pairs, skip_bad);
+    dpo_pairs_load(&train_data, train_path, tok, ctx, all_pairs, cli.skip_bad);
     const int has_val = val_path[0] != '\0';
-    if (has_val) dpo_pairs_load(&val_data, val_path, tok, ctx, all_pairs, skip_bad);
+    if (has_val) dpo_pairs_load(&val_data, val_path, tok, ctx, all_pairs, cli.skip_bad);
 
     const int batch_pairs = config_int(cfg, "train.batch");
     int max_T = train_data.seqs.max_len - 1;
@@ -417,7 +396,7 @@ int cmd_dpo(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
 
     const int steps = config_int(cfg, "train.steps");
     fprintf(stderr,
