@@ -14,41 +14,13 @@
 int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, char** argv) {
     memset(run, 0, sizeof *run);
     run->cmd = cmd;
-    const char* config_path = NULL;
-    const char* model_path = NULL;
-    ArgList sets = {0};
-    int print_config = 0, help_config = 0;
-    const ArgSpec specs[] = {
-        {"config", ARG_STR, &config_path, "FILE: INI config, e.g. deploy/configs/ppo.ini"},
-        {"set", ARG_MULTI, &sets, "KEY=VALUE: override a key, e.g. rl.kl_coef=0.1 (repeatable)"},
-        {"model", ARG_STR, &model_path, "PATH: the SFT policy (= model.init): policy and reference start from it"},
-        {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
-        {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
-        {"overwrite", ARG_FLAG, &run->overwrite, "clear old checkpoints and metrics from run.dir first"},
-    };
-    args_parse(cmd, synopsis, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv);
-    if (help_config) {
-        printf("config keys (INI '[section]' + 'key = value', or --set section.key=value):\n");
-        config_print_help(stdout);
-        return 1;
-    }
-    Config* cfg = config_new();
-    if (config_path) config_load_file(cfg, config_path);
-    for (int i = 0; i < sets.n; i++) config_set(cfg, sets.items[i], "--set");
-    if (model_path) config_set_value(cfg, "model.init", model_path, "--model");
-    if (!config_is_set(cfg, "run.dir")) {
-        char dir[256];
-        snprintf(dir, sizeof dir, "runs/%s", cmd);
-        config_set_value(cfg, "run.dir", dir, "default");
-    }
-    run->cfg = cfg;
-    if (print_config) {
-        config_print(cfg, stdout);
-        config_free(cfg);
-        run->cfg = NULL;
-        return 1;
-    }
-    return 0;
+    char run_dir[256];
+    snprintf(run_dir, sizeof run_dir, "runs/%s", cmd);
+    TrainCli cli;
+    run->cfg = train_cli_config(cmd, synopsis, "PATH: the SFT policy (= model.init): policy and reference start from it",
+                                run_dir, 0, &cli, argc, argv);
+    run->overwrite = cli.overwrite;
+    return run->cfg ? 0 : 1; // 1: --help-config / --print-config done
 }
 
 // Drops prompts that encode to nothing or leave no room for a response.
