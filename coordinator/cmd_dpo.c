@@ -411,14 +411,7 @@ int cmd_dpo(int argc, char** argv) {
     double t_ref_logprobs = 0.0; // the reference's log-probs, once per pair (train: on first use)
 
     // ---- train
-    AdamWConfig adamw = {
-        .lr = config_float(cfg, "train.lr"),
-        .beta1 = config_float(cfg, "train.beta1"),
-        .beta2 = config_float(cfg, "train.beta2"),
-        .eps = config_float(cfg, "train.eps"),
-        .weight_decay = config_float(cfg, "train.weight_decay"),
-        .grad_clip = config_float(cfg, "train.grad_clip"),
-    };
+    AdamWConfig adamw = config_adamw(cfg);
     const float peak_lr = adamw.lr, min_lr = config_float(cfg, "train.min_lr");
     const int warmup = config_int(cfg, "train.warmup");
     const int eval_every = config_int(cfg, "train.eval_every");

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 #include <jansson.h>
-#include <utf8proc.h>
 #include "common/args.h"
+#include "common/hfdata.h"
 #include "common/check.h"
 #include "common/tokenizer.h"
 #include "worker/generate.h"
@@ -103,29 +103,6 @@ static int* parse_ids(const char* s, size_t* n_out) {
     return ids;
 }
 
-// Raw decoded bytes -> valid UTF-8 (JSON strings must be): each invalid
-// sequence becomes U+FFFD, as a GPT-2 token can end inside a character.
-static char* to_valid_utf8(const char* s, size_t len, size_t* out_len) {
-    char* out = mallocCheck(len * 3 + 1); // a bad byte (1) grows to U+FFFD (3)
-    size_t o = 0;
-    for (size_t i = 0; i < len;) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t*)s + i, (utf8proc_ssize_t)(len - i), &cp);
-        if (k <= 0) {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i += 1;
-        } else {
-            memcpy(out + o, s + i, (size_t)k);
-            o += (size_t)k;
-            i += (size_t)k;
-        }
-    }
-    out[o] = '\0';
-    *out_len = o;
-    return out;
-}
-
 // Decoded text of a sequence, or NULL without a tokenizer or with ids the
 // tokenizer does not have (a model whose vocab is padded past GPT-2's).
 static char* decode_text(const Tokenizer* tok, const int* ids, int n, size_t* len) {
@@ -134,7 +111,7 @@ static char* decode_text(const Tokenizer* tok, const int* ids, int n, size_t* le
         if (ids[i] >= tokenizer_vocab_size(tok)) return NULL;
     size_t raw_len = 0;
     char* raw = tokenizer_decode(tok, ids, (size_t)n, &raw_len);
-    char* text = to_valid_utf8(raw, raw_len, len);
+    char* text = hf_valid_utf8(raw, raw_len, len); // JSON strings must be valid UTF-8
     free(raw);
     return text;
 }

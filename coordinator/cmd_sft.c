@@ -139,14 +139,7 @@ int cmd_sft(int argc, char** argv) {
             train_data.skipped ? " (some skipped)" : "", has_val ? val_data.n : 0, run_dir);
 
     // ---- train
-    AdamWConfig adamw = {
-        .lr = config_float(cfg, "train.lr"),
-        .beta1 = config_float(cfg, "train.beta1"),
-        .beta2 = config_float(cfg, "train.beta2"),
-        .eps = config_float(cfg, "train.eps"),
-        .weight_decay = config_float(cfg, "train.weight_decay"),
-        .grad_clip = config_float(cfg, "train.grad_clip"),
-    };
+    AdamWConfig adamw = config_adamw(cfg);
     const float peak_lr = adamw.lr, min_lr = config_float(cfg, "train.min_lr");
     const int warmup = config_int(cfg, "train.warmup");
     const int eval_every = config_int(cfg, "train.eval_every");

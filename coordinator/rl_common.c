@@ -101,14 +101,7 @@ void rl_run_open(RLRun* run) {
     run->rollout.max_new_tokens = config_int(cfg, "rl.max_new_tokens");
     run->rollout.temperature = config_float(cfg, "rl.temperature");
     run->rollout.top_k = config_int(cfg, "rl.top_k");
-    run->adamw = (AdamWConfig){
-        .lr = config_float(cfg, "train.lr"),
-        .beta1 = config_float(cfg, "train.beta1"),
-        .beta2 = config_float(cfg, "train.beta2"),
-        .eps = config_float(cfg, "train.eps"),
-        .weight_decay = config_float(cfg, "train.weight_decay"),
-        .grad_clip = config_float(cfg, "train.grad_clip"),
-    };
+    run->adamw = config_adamw(cfg);
 
     run->run_dir = config_str(cfg, "run.dir");
     run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);

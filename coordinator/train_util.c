@@ -333,3 +333,15 @@ Config* train_cli_config(const char* cmd, const char* synopsis, const char* mode
     }
     return cfg;
 }
+
+AdamWConfig config_adamw(const Config* cfg) {
+    AdamWConfig a = {
+        .lr = config_float(cfg, "train.lr"),
+        .beta1 = config_float(cfg, "train.beta1"),
+        .beta2 = config_float(cfg, "train.beta2"),
+        .eps = config_float(cfg, "train.eps"),
+        .weight_decay = config_float(cfg, "train.weight_decay"),
+        .grad_clip = config_float(cfg, "train.grad_clip"),
+    };
+    return a;
+}

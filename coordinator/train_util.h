@@ -91,6 +91,10 @@ double now_seconds(void);
 // "1:02:03" / "2:03" into buf.
 void format_duration(double seconds, char* buf, size_t cap);
 
+// AdamW settings from train.lr, train.beta1, train.beta2, train.eps,
+// train.weight_decay and train.grad_clip.
+AdamWConfig config_adamw(const Config* cfg);
+
 // ---- the command-line front end shared by the training commands
 // (pretrain, sft, rm, ...): --config FILE, --set K=V (repeatable), --model PATH,
 // --overwrite, --print-config, --help-config, and --skip-bad if with_skip_bad.
