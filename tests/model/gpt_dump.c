@@ -24,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "npy.h"
 #include "common/args.h"
 #include "common/check.h"
 #include "kernels/ops.h"
@@ -48,41 +49,13 @@ static int rng_int(uint64_t* state, int n) { return (int)(rng_next(state) % (uin
 static float rng_uniform(uint64_t* state) { return (float)(rng_next(state) >> 40) / 16777216.0f; }
 
 // ----------------------------------------------------------------------------
-// .npy writer (format version 1.0): magic, header length, a Python dict
-// literal padded with spaces to a 128-byte boundary, then the raw data.
+// .npy output (tests/common/npy.h), into --out
 
 static const char* out_dir = NULL;
 
 static void npy_write(const char* name, const char* descr, const void* data, size_t elem_size,
                       const int* shape, int ndim) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.npy", out_dir, name);
-    char shape_str[256] = "";
-    size_t count = 1, len = 0;
-    for (int i = 0; i < ndim; i++) {
-        len += (size_t)snprintf(shape_str + len, sizeof shape_str - len, "%d,%s", shape[i],
-                                (i + 1 < ndim) ? " " : "");
-        count *= (size_t)shape[i];
-    }
-    if (ndim > 1) shape_str[len - 1] = '\0'; // "(3, 11)" but "(5,)" for 1-D
-    char header[512];
-    int hlen = snprintf(header, sizeof header,
-                        "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr,
-                        shape_str);
-    size_t total = 10 + (size_t)hlen + 1; // magic(6) version(2) hlen(2) dict '\n'
-    size_t padded = (total + 127) / 128 * 128;
-    memset(header + hlen, ' ', padded - total);
-    header[hlen + (padded - total)] = '\n';
-    uint16_t header_len = (uint16_t)(padded - 10);
-
-    FILE* f = fopen(path, "wb");
-    if (f == NULL) fatalf("%s: cannot open for writing: %s", path, strerror(errno));
-    unsigned char preamble[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                                  (unsigned char)(header_len & 0xff),
-                                  (unsigned char)(header_len >> 8)};
-    if (fwrite(preamble, 1, 10, f) != 10 || fwrite(header, 1, padded - 10, f) != padded - 10 ||
-        fwrite(data, elem_size, count, f) != count || fclose(f) != 0)
-        fatalf("%s: write failed: %s", path, strerror(errno));
+    npy_save(out_dir, name, descr, data, elem_size, shape, ndim);
 }
 
 static void npy_f32(const char* name, const float* data, const int* shape, int ndim) {

@@ -5,7 +5,7 @@
 #   dpo_cli_*          `rlhfd dpo` end to end on a learnable synthetic preference
 #                      set: accuracy and margin rise, determinism, errors
 add_executable(dpo_dump ${CMAKE_CURRENT_LIST_DIR}/dpo_dump.c)
-target_link_libraries(dpo_dump PRIVATE rlhfcore)
+target_link_libraries(dpo_dump PRIVATE rlhftest)
 add_test(NAME dpo_torch
   COMMAND ${RLHFD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/dpo_torch.py --driver $<TARGET_FILE:dpo_dump>)
 add_test(NAME dpo_torch_perturb

@@ -3,7 +3,7 @@
 # float64 PyTorch (gradients by autograd) and compares. The _perturb test
 # corrupts two outputs and passes only if exactly those are caught.
 add_executable(rlmath_dump ${CMAKE_CURRENT_LIST_DIR}/rlmath_dump.c)
-target_link_libraries(rlmath_dump PRIVATE rlhfcore)
+target_link_libraries(rlmath_dump PRIVATE rlhftest)
 
 add_test(NAME rlmath_torch
   COMMAND ${RLHFD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/rlmath_torch.py --driver $<TARGET_FILE:rlmath_dump>)

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "npy.h"
 #include "common/check.h"
 #include "worker/rl_math.h"
 
@@ -53,30 +54,15 @@ static float* mask_array(size_t n, float zero_frac) {
 }
 
 // ----------------------------------------------------------------------------
-// .npy writer (format 1.0) and the meta.json case list
+// .npy output (tests/common/npy.h) and the meta.json case list
 
 static const char* out_dir = NULL;
 static json_t* cases = NULL;
 static int perturb = 0;
 
 static void npy_write(const char* name, const char* descr, const void* data, size_t elem_size, size_t count) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.npy", out_dir, name);
-    char header[256];
-    int hlen = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (%zu,), }",
-                        descr, count);
-    size_t total = 10 + (size_t)hlen + 1;
-    size_t padded = (total + 63) / 64 * 64;
-    memset(header + hlen, ' ', padded - total);
-    header[hlen + (padded - total)] = '\n';
-    uint16_t header_len = (uint16_t)(padded - 10);
-    FILE* f = fopen(path, "wb");
-    if (f == NULL) fatalf("%s: cannot open for writing: %s", path, strerror(errno));
-    unsigned char preamble[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(header_len & 0xff),
-                                  (unsigned char)(header_len >> 8)};
-    if (fwrite(preamble, 1, 10, f) != 10 || fwrite(header, 1, padded - 10, f) != padded - 10 ||
-        (count && fwrite(data, elem_size, count, f) != count) || fclose(f) != 0)
-        fatalf("%s: write failed: %s", path, strerror(errno));
+    int shape[1] = {(int)count};
+    npy_save(out_dir, name, descr, data, elem_size, shape, 1);
 }
 
 static json_t* case_begin(const char* fn, int index) {

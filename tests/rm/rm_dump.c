@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <jansson.h>
+#include "npy.h"
 #include "common/args.h"
 #include "common/check.h"
 #include "kernels/ops.h"
@@ -40,28 +41,7 @@ static int rng_int(uint64_t* s, int n) { return (int)(rng_next(s) % (uint64_t)n)
 // .npy version 1.0: magic, header length, dict literal padded to 128 bytes, data
 static void npy_write(const char* name, const char* descr, const void* data, size_t elem,
                       const int* shape, int ndim) {
-    char path[4096], shape_str[256] = "", header[512];
-    snprintf(path, sizeof path, "%s/%s.npy", out_dir, name);
-    size_t count = 1, len = 0;
-    for (int i = 0; i < ndim; i++) {
-        len += (size_t)snprintf(shape_str + len, sizeof shape_str - len, "%d,%s", shape[i],
-                                i + 1 < ndim ? " " : "");
-        count *= (size_t)shape[i];
-    }
-    if (ndim > 1) shape_str[len - 1] = '\0';
-    int hlen = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-                        descr, shape_str);
-    size_t total = 10 + (size_t)hlen + 1, padded = (total + 127) / 128 * 128;
-    memset(header + hlen, ' ', padded - total);
-    header[hlen + (padded - total)] = '\n';
-    uint16_t hl = (uint16_t)(padded - 10);
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff),
-                             (unsigned char)(hl >> 8)};
-    FILE* f = fopen(path, "wb");
-    if (!f) fatalf("%s: cannot open for writing: %s", path, strerror(errno));
-    if (fwrite(pre, 1, 10, f) != 10 || fwrite(header, 1, padded - 10, f) != padded - 10 ||
-        fwrite(data, elem, count, f) != count || fclose(f) != 0)
-        fatalf("%s: write failed", path);
+    npy_save(out_dir, name, descr, data, elem, shape, ndim);
 }
 static void npy_f32(const char* name, const float* d, const int* shape, int ndim) {
     npy_write(name, "<f4", d, sizeof(float), shape, ndim);
