@@ -105,6 +105,9 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"quark.log_rows", CONFIG_BOOL, "false", 0, 0, "Quark: write every training row's tokens and bin to RUN_DIR/quark_rows.jsonl (tests)"},
     // outputs
     {"run.dir", CONFIG_STR, "runs/pretrain", 0, 0, "run directory: metrics.jsonl, ckpt-NNNNNNNN/"},
+    {"parallel.tp", CONFIG_INT, "1", 1, 4096, "tensor-parallel ranks per model replica (Megatron); dp = world size / tp"},
+    {"parallel.zero1", CONFIG_BOOL, "false", 0, 0, "ZeRO-1: shard the AdamW moments over the data-parallel ranks"},
+    {"parallel.timeout", CONFIG_FLOAT, "300", 0, 1e9, "seconds a collective may wait for the other ranks before the run aborts naming the phase; 0 = forever"},
 };
 #define NUM_CONFIG_KEYS ((int)(sizeof CONFIG_KEYS / sizeof CONFIG_KEYS[0]))
 

@@ -48,6 +48,9 @@ int cmd_pretrain(int argc, char** argv) {
 
     ops_cpu_set_threads(config_int(cfg, "train.threads"));
     const Ops* ops = ops_cpu();
+    TrainWorld world;
+    train_world_init(&world, cfg);
+    const int root = world.is_root;
 
     // ---- model
     GPT model;
@@ -71,6 +74,8 @@ int cmd_pretrain(int argc, char** argv) {
         fatalf("%s: train.seq = %d exceeds the model's context %d (model.ctx)",
                config_origin(cfg, "train.seq"), T, model.config.max_seq_len);
     const int steps = config_int(cfg, "train.steps");
+    int row0, Bl; // this dp rank's rows of the global batch
+    train_world_share(&world, B, "train.batch", &row0, &Bl);
 
     // ---- data
     TokenData train_data, val_data;
@@ -86,9 +91,9 @@ int cmd_pretrain(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = root ? run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path) : NULL;
 
-    fprintf(stderr,
+    if (root) fprintf(stderr,
             "pretrain: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d T=%d steps=%d | "
             "train %zu tokens in %d shard(s) | run dir %s\n",
             model.config.num_layers, model.config.num_heads, model.config.channels, V,
@@ -115,22 +120,33 @@ int cmd_pretrain(int argc, char** argv) {
     char ckpt_path[4200] = "";
     for (int step = 1; step <= steps; step++) {
         double t0 = now_seconds();
+        // every rank draws the same global batch and takes its rows: the
+        // run is the same at any dp size
         token_data_random_batch(&train_data, &data_rng, inputs, targets, B, T);
         adamw.lr = lr_schedule(step, steps, warmup, peak_lr, min_lr);
-        gpt_forward(&model, inputs, targets, NULL, B, T);
-        loss = model.mean_loss;
+        const size_t off = (size_t)row0 * T;
+        gpt_forward(&model, inputs + off, targets + off, NULL, Bl, T);
+        loss = train_world_mean(&world, model.mean_loss, (double)Bl * T);
         if (!isfinite(loss))
             fatalf("loss is %g at step %d (try a lower train.lr)", loss, step);
         gpt_zero_grad(&model);
         gpt_backward(&model);
-        float grad_norm = gpt_update(&model, &adamw);
+        dp_allreduce_grads(&world.dp, &model, (double)Bl * T);
+        float grad_norm = dp_update(&world.dp, &model, &adamw);
         double dt = now_seconds() - t0;
         train_seconds += dt;
         tokens += (size_t)B * T;
 
         int is_last = step == steps;
         int eval_now = has_val && (is_last || (eval_every > 0 && step % eval_every == 0));
-        if (eval_now) val_loss = eval_windows(&model, &val_data, B, T, (size_t)eval_batches * B, NULL);
+        if (eval_now)
+            val_loss = eval_windows_dp(&model, &val_data, Bl, T, (size_t)eval_batches * B, world.par.dp, NULL);
+        int ckpt_now = is_last || (ckpt_every > 0 && step % ckpt_every == 0);
+        if (ckpt_now) dp_gather_optimizer(&world.dp, &model); // collective (ZeRO-1)
+        if (!root) {
+            if (ckpt_now) dp_scatter_optimizer(&world.dp, &model);
+            continue;
+        }
 
         json_t* row = json_object();
         json_object_set_new(row, "step", json_integer(step));
@@ -153,10 +169,12 @@ int cmd_pretrain(int argc, char** argv) {
                     snprintf(NULL, 0, "%d", steps), step, steps, loss, val_text, adamw.lr,
                     grad_norm, train_seconds > 0 ? tokens / train_seconds : 0.0, eta);
         }
-        if (is_last || (ckpt_every > 0 && step % ckpt_every == 0))
+        if (ckpt_now)
             train_checkpoint_save(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens,
                                   ckpt_path, sizeof ckpt_path);
+        if (ckpt_now) dp_scatter_optimizer(&world.dp, &model);
     }
+    if (!root) goto done;
     if (fclose(metrics) != 0) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
 
     // ---- summary: the last stdout line
@@ -172,11 +190,13 @@ int cmd_pretrain(int argc, char** argv) {
     write_json_line(stdout, summary);
     json_decref(summary);
 
+done:
     free(inputs);
     free(targets);
     token_data_free(&train_data);
     if (has_val) token_data_free(&val_data);
     gpt_free(&model);
+    train_world_free(&world);
     config_free(cfg);
     return 0;
 }

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "commands.h"
+#include "../worker/comm.h"
 
 typedef struct {
     const char* name;
@@ -43,7 +44,13 @@ int main(int argc, char** argv) {
         return 0;
     }
     for (int i = 0; i < NUM_COMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], COMMANDS[i].name)) {
+            // Every rank runs the same command (SPMD); without mpirun this is a world of one.
+            comm_mpi_init(&argc, &argv);
+            int rc = COMMANDS[i].run(argc - 1, argv + 1);
+            comm_mpi_finalize();
+            return rc;
+        }
     fprintf(stderr, "rlhfd: unknown command '%s' (see rlhfd --help)\n", argv[1]);
     return 2;
 }

@@ -119,13 +119,20 @@ void token_data_window(const TokenData* d, size_t w, int T, int* inputs, int* ta
 
 double eval_windows(GPT* model, const TokenData* d, int B, int T, size_t max_windows,
                     size_t* num_predicted) {
+    return eval_windows_dp(model, d, B, T, max_windows, NULL, num_predicted);
+}
+
+double eval_windows_dp(GPT* model, const TokenData* d, int B, int T, size_t max_windows, Comm* dp,
+                       size_t* num_predicted) {
     size_t nw = token_data_num_windows(d, T);
     if (max_windows && nw > max_windows) nw = max_windows;
+    size_t first = 0, last = nw; // this dp rank's windows
+    if (dp) parallel_share(nw, dp->rank, dp->size, &first, &last);
     int* inputs = mallocCheck((size_t)B * T * sizeof(int));   // (B,T)
     int* targets = mallocCheck((size_t)B * T * sizeof(int));  // (B,T)
     double loss_sum = 0.0;
-    for (size_t w0 = 0; w0 < nw; w0 += (size_t)B) {
-        int rows = nw - w0 < (size_t)B ? (int)(nw - w0) : B;
+    for (size_t w0 = first; w0 < last; w0 += (size_t)B) {
+        int rows = last - w0 < (size_t)B ? (int)(last - w0) : B;
         for (int b = 0; b < rows; b++)
             token_data_window(d, w0 + (size_t)b, T, inputs + (size_t)b * T, targets + (size_t)b * T);
         // pad a short last batch with masked rows so the model sees one shape
@@ -138,6 +145,7 @@ double eval_windows(GPT* model, const TokenData* d, int B, int T, size_t max_win
     }
     free(inputs);
     free(targets);
+    comm_allreduce_f64(dp, &loss_sum, 1);
     if (num_predicted) *num_predicted = nw * (size_t)T;
     return nw ? loss_sum / ((double)nw * T) : 0.0;
 }
@@ -344,4 +352,38 @@ AdamWConfig config_adamw(const Config* cfg) {
         .grad_clip = config_float(cfg, "train.grad_clip"),
     };
     return a;
+}
+
+// ----------------------------------------------------------------------------
+// the run's world
+
+void train_world_init(TrainWorld* w, const Config* cfg) {
+    memset(w, 0, sizeof *w);
+    parallel_init(&w->par, config_int(cfg, "parallel.tp"), config_float(cfg, "parallel.timeout"));
+    dp_init(&w->dp, w->par.dp, w->par.tp, config_bool(cfg, "parallel.zero1"));
+    w->is_root = w->par.rank == 0;
+    if (w->par.size > 1 && w->is_root)
+        fprintf(stderr, "world: %d ranks = dp %d x tp %d%s\n", w->par.size, w->par.dp_size, w->par.tp_size,
+                w->dp.zero1 ? " | ZeRO-1" : "");
+}
+
+void train_world_free(TrainWorld* w) {
+    dp_free(&w->dp);
+    parallel_free(&w->par);
+}
+
+void train_world_share(const TrainWorld* w, int global, const char* what, int* begin, int* count) {
+    if (global < w->par.dp_size)
+        fatalf("%s = %d is smaller than the %d data-parallel ranks: the global batch must give every dp rank "
+               "at least one row", what, global, w->par.dp_size);
+    size_t b, e;
+    parallel_share((size_t)global, w->par.dp_rank, w->par.dp_size, &b, &e);
+    *begin = (int)b;
+    *count = (int)(e - b);
+}
+
+double train_world_mean(const TrainWorld* w, double local_mean, double local_weight) {
+    double v[2] = {local_mean * local_weight, local_weight};
+    comm_allreduce_f64(w->par.dp, v, 2);
+    return v[1] > 0 ? v[0] / v[1] : 0.0;
 }

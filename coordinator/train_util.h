@@ -9,6 +9,8 @@
 #include "../common/config.h"
 #include "../common/rng.h"
 #include "../common/shard.h"
+#include "../worker/comm.h"
+#include "../worker/data_parallel.h"
 #include "../worker/gpt.h"
 
 // ---- token data: one or more shards read as one source of windows
@@ -46,6 +48,10 @@ void token_data_window(const TokenData* d, size_t w, int T, int* inputs, int* ta
 // it works with any backend.
 double eval_windows(GPT* model, const TokenData* d, int B, int T, size_t max_windows,
                     size_t* num_predicted);
+// The same over a dp group: each dp rank evaluates its share of the windows
+// and the loss sum is all-reduced (collective; the same value on every rank).
+double eval_windows_dp(GPT* model, const TokenData* d, int B, int T, size_t max_windows, Comm* dp,
+                       size_t* num_predicted);
 
 // ---- learning rate: linear warmup over `warmup` steps, then cosine decay
 // from lr to min_lr, reaching min_lr at step `total`. step is 1-based.
@@ -111,3 +117,20 @@ typedef struct {
 // exits 0); usage errors exit 2, bad config input exits 1.
 Config* train_cli_config(const char* cmd, const char* synopsis, const char* model_help,
                          const char* run_dir_default, int with_skip_bad, TrainCli* cli, int argc, char** argv);
+
+// ---- the run's world: dp x tp ranks (mpirun -np N), rank 0 coordinates.
+// Rank 0 alone writes the run dir, metrics, checkpoints and stdout; every
+// rank computes. A world of one (no mpirun) is the plain single process.
+typedef struct {
+    Parallel par;
+    DataParallel dp;
+    int is_root; // world rank 0
+} TrainWorld;
+// From parallel.tp, parallel.zero1, parallel.timeout. Collective.
+void train_world_init(TrainWorld* w, const Config* cfg);
+void train_world_free(TrainWorld* w);
+// This dp rank's rows [*begin, *begin + *count) of a global batch of `global`
+// rows (`what` names the config key in the error when global < dp ranks).
+void train_world_share(const TrainWorld* w, int global, const char* what, int* begin, int* count);
+// The weighted mean over the dp group of per-rank means (collective).
+double train_world_mean(const TrainWorld* w, double local_mean, double local_weight);
