@@ -10,6 +10,7 @@
 #include "../common/hfdata.h"
 #include "../common/rng.h"
 #include "../worker/model_io.h"
+#include "../worker/rl_math.h"
 
 int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, char** argv) {
     memset(run, 0, sizeof *run);
@@ -57,11 +58,13 @@ void rl_run_open(RLRun* run) {
 
     ops_cpu_set_threads(config_int(cfg, "train.threads"));
     run->ops = ops_cpu();
+    train_world_init(&run->world, cfg);
     run->t_start = now_seconds();
     run->seed = (uint64_t)config_int(cfg, "train.seed");
     run->iterations = config_int(cfg, "rl.iterations");
     run->batch = config_int(cfg, "rl.batch");
     run->eval_every = config_int(cfg, "rl.eval_every");
+    train_world_share(&run->world, run->batch, "rl.batch", &run->seq0, &run->nloc);
 
     // policy and frozen reference from the same model
     json_t* state = NULL;
@@ -104,6 +107,7 @@ void rl_run_open(RLRun* run) {
     run->adamw = config_adamw(cfg);
 
     run->run_dir = config_str(cfg, "run.dir");
+    if (!run->world.is_root) return; // rank 0 alone writes the run dir
     run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
     const GPTConfig* c = &run->policy.config;
     fprintf(stderr,
@@ -125,6 +129,7 @@ void rl_run_close(RLRun* run) {
     free(run->order);
     if (run->metrics) fclose(run->metrics);
     if (run->cfg) config_free(run->cfg);
+    train_world_free(&run->world);
     memset(run, 0, sizeof *run);
 }
 
@@ -143,6 +148,46 @@ void rl_next_prompts(RLRun* run, const char** out, int n) {
         }
         out[k] = run->prompts[run->order[run->order_pos++]];
     }
+}
+
+void rl_local_prompts(RLRun* run, int iter, const char** prompts, uint64_t* seeds) {
+    const char** all = mallocCheck((size_t)run->batch * sizeof(char*));
+    rl_next_prompts(run, all, run->batch);
+    for (int i = 0; i < run->nloc; i++) {
+        prompts[i] = all[run->seq0 + i];
+        seeds[i] = rl_sample_seed(run, iter, run->seq0 + i);
+    }
+    free(all);
+}
+
+double rl_global_mean(RLRun* run, double local_mean, double local_weight) {
+    return train_world_mean(&run->world, local_mean, local_weight);
+}
+
+void rl_reduce_stats(RLRun* run, RLIterStats* st) {
+    Comm* dp = run->world.par.dp;
+    if (!dp || dp->size == 1) return;
+    const char* old = comm_set_phase(dp, "iteration statistics");
+    double n = st->n_seq, nt = st->n_tok;
+    double sums[8] = {st->reward * n, st->gold * n, st->kl * n, st->response_len * n, n,
+                      st->entropy * nt, nt, (double)st->rollout_tokens};
+    comm_allreduce_f64(dp, sums, 8);
+    double times[4] = {st->t_generate, st->t_score, st->t_logprobs, st->t_train};
+    comm_allreduce(dp, times, 4, COMM_F64, COMM_MAX);
+    comm_set_phase(dp, old);
+    double N = sums[4] > 0 ? sums[4] : 1, NT = sums[6] > 0 ? sums[6] : 1;
+    st->reward = sums[0] / N;
+    st->gold = sums[1] / N;
+    st->kl = sums[2] / N;
+    st->response_len = sums[3] / N;
+    st->n_seq = sums[4];
+    st->entropy = sums[5] / NT;
+    st->n_tok = sums[6];
+    st->rollout_tokens = (size_t)sums[7];
+    st->t_generate = times[0];
+    st->t_score = times[1];
+    st->t_logprobs = times[2];
+    st->t_train = times[3];
 }
 
 uint64_t rl_sample_seed(const RLRun* run, int iter, int i) {
@@ -181,6 +226,10 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
     run->t_logprobs += st->t_logprobs;
     run->t_train += st->t_train;
     run->rollout_tokens += st->rollout_tokens;
+    if (!run->world.is_root) {
+        json_decref(extra);
+        return;
+    }
 
     json_t* row = json_object();
     json_object_set_new(row, "iter", json_integer(iter));
@@ -220,10 +269,24 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
 RolloutEval rl_evaluate(RLRun* run) {
     double t0 = now_seconds();
     RolloutEval ev = {0};
-    if (run->num_val > 0)
+    // each dp rank samples its share of the prompts (prompt i keeps seed + i)
+    size_t first = 0, last = run->num_val;
+    Comm* dp = run->world.par.dp;
+    if (dp) parallel_share(run->num_val, dp->rank, dp->size, &first, &last);
+    if (last > first)
         ev = rollout_evaluate(&run->policy, &run->ref, run->reward, run->gold, run->tok,
-                              (const char* const*)run->val_prompts, (int)run->num_val, run->seed + 7777,
-                              &run->rollout);
+                              (const char* const*)run->val_prompts + first, (int)(last - first),
+                              run->seed + 7777 + first, &run->rollout);
+    if (dp && dp->size > 1) {
+        double n = ev.n, sums[5] = {ev.gold * n, ev.reward * n, ev.kl * n, ev.response_len * n, n};
+        comm_allreduce_f64(dp, sums, 5);
+        double N = sums[4] > 0 ? sums[4] : 1;
+        ev.gold = sums[0] / N;
+        ev.reward = sums[1] / N;
+        ev.kl = sums[2] / N;
+        ev.response_len = sums[3] / N;
+        ev.n = (int)sums[4];
+    }
     run->t_eval += now_seconds() - t0;
     return ev;
 }
@@ -232,6 +295,7 @@ void rl_maybe_evaluate(RLRun* run, int iter) {
     if (run->eval_every <= 0 || iter % run->eval_every != 0 || iter == run->iterations || run->num_val == 0)
         return;
     RolloutEval ev = rl_evaluate(run);
+    if (!run->world.is_root) return;
     json_t* row = json_object();
     json_object_set_new(row, "iter", json_integer(iter));
     json_object_set_new(row, "eval", json_true());
@@ -248,7 +312,9 @@ void rl_maybe_evaluate(RLRun* run, int iter) {
 
 void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* state_extra,
                json_t* summary_extra) {
-    // checkpoint
+    // checkpoint: rank 0 writes (ZeRO-1: the moments are gathered first)
+    dp_gather_optimizer(&run->world.dp, &run->policy);
+    if (!run->world.is_root) goto evaluate;
     char* path = run_dir_checkpoint_path(run->run_dir, run->iterations);
     snprintf(run->checkpoint, sizeof run->checkpoint, "%s", path);
     free(path);
@@ -268,8 +334,14 @@ void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* st
     if (fclose(run->metrics) != 0) fatalf("cannot write '%s': %s", run->metrics_path, strerror(errno));
     run->metrics = NULL;
 
+evaluate:;
     // final held-out evaluation
     RolloutEval ev = rl_evaluate(run);
+    if (!run->world.is_root) {
+        json_decref(state_extra);
+        json_decref(summary_extra);
+        return;
+    }
     fprintf(stderr, "%s final eval | held-out gold %+.4f | reward %+.4f | kl %.3f | len %.1f (%d prompts)\n",
             run->cmd, ev.gold, ev.reward, ev.kl, ev.response_len, ev.n);
 
@@ -299,4 +371,42 @@ void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* st
     write_json_line(stdout, s);
     fflush(stdout);
     json_decref(s);
+}
+
+void rl_whiten_global(RLRun* run, float* x, size_t n) {
+    Comm* dp = run->world.par.dp;
+    if (!dp || dp->size == 1) {
+        if (n > 1) rl_whiten(x, NULL, n, 1);
+        return;
+    }
+    // the same two passes as rl_whiten, with the sums taken over every rank
+    double a[2] = {0.0, (double)n};
+    for (size_t i = 0; i < n; i++) a[0] += x[i];
+    comm_allreduce_f64(dp, a, 2);
+    if (a[1] <= 1) return;
+    double mean = a[0] / a[1], sq = 0.0;
+    for (size_t i = 0; i < n; i++) sq += ((double)x[i] - mean) * ((double)x[i] - mean);
+    comm_allreduce_f64(dp, &sq, 1);
+    double std = sqrt(sq / (a[1] - 1));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(((double)x[i] - mean) / (std + 1e-8));
+}
+
+double rl_explained_variance_global(RLRun* run, const float* v, const float* ret, size_t n) {
+    Comm* dp = run->world.par.dp;
+    if (!dp || dp->size == 1) return rl_explained_variance(v, ret, NULL, n);
+    double a[3] = {0.0, 0.0, (double)n};
+    for (size_t i = 0; i < n; i++) {
+        a[0] += ret[i];
+        a[1] += (double)ret[i] - (double)v[i];
+    }
+    comm_allreduce_f64(dp, a, 3);
+    if (a[2] == 0) return 0.0;
+    double mean_ret = a[0] / a[2], mean_err = a[1] / a[2], var[2] = {0.0, 0.0};
+    for (size_t i = 0; i < n; i++) {
+        double dr = (double)ret[i] - mean_ret, de = (double)ret[i] - (double)v[i] - mean_err;
+        var[0] += dr * dr;
+        var[1] += de * de;
+    }
+    comm_allreduce_f64(dp, var, 2);
+    return var[0] == 0.0 ? 0.0 : 1.0 - var[1] / var[0];
 }

@@ -26,6 +26,7 @@
 #include "../worker/gpt.h"
 #include "../worker/rewards.h"
 #include "../worker/rollout.h"
+#include "train_util.h"
 
 typedef struct {
     const char* cmd;      // "ppo", ...
@@ -56,6 +57,10 @@ typedef struct {
     double t_start, t_generate, t_score, t_logprobs, t_train, t_eval;
     size_t rollout_tokens;
     char checkpoint[4200]; // last checkpoint written
+    // the world (mpirun): rank 0 writes; each dp rank owns sequences
+    // [seq0, seq0 + nloc) of every iteration's rl.batch
+    TrainWorld world;
+    int seq0, nloc;
 } RLRun;
 
 // Parses --config FILE --set K=V... --model PATH --overwrite --print-config
@@ -71,15 +76,23 @@ void rl_run_open(RLRun* run);
 void rl_run_close(RLRun* run);
 
 // The next n training prompts (borrowed): a seeded shuffle of rl.prompts,
-// reshuffled after every pass.
+// reshuffled after every pass. Every rank draws the same n.
 void rl_next_prompts(RLRun* run, const char** out, int n);
+// This rank's share of an iteration's rl.batch sequences: draws the global
+// batch's prompts (rl_next_prompts) and fills prompts/seeds (run->nloc each)
+// for global sequences run->seq0 .. run->seq0 + run->nloc - 1.
+void rl_local_prompts(RLRun* run, int iter, const char** prompts, uint64_t* seeds);
 // Sampling seed of sequence i of iteration iter (distinct per iteration and sequence).
 uint64_t rl_sample_seed(const RLRun* run, int iter, int i);
 // Allocates (n) per-token arrays of r->resp_len[i] floats (zeroed) / frees them.
 float** rl_alloc_per_token(const Rollout* r);
 void rl_free_per_token(float** a, int n);
 
+// Per-iteration statistics. Commands fill them with this rank's means over
+// its n_seq sequences (entropy over n_tok tokens); rl_reduce_stats turns them
+// into the global means (collective) before the KL controller or the log.
 typedef struct {
+    double n_seq, n_tok;  // weights of the local means
     double reward;        // mean rl.reward of this iteration's samples
     double gold;          // mean gold score of the same samples (0 if no gold)
     double kl;            // mean per-sequence sum of (logp - logp_ref), nats
@@ -89,6 +102,14 @@ typedef struct {
     size_t rollout_tokens;// sampled tokens this iteration
 } RLIterStats;
 
+// Local means -> global means over the dp group (times: the slowest rank).
+void rl_reduce_stats(RLRun* run, RLIterStats* st);
+// Global weighted mean of per-rank values (collective; the world's dp group).
+double rl_global_mean(RLRun* run, double local_mean, double local_weight);
+// rl_whiten (unbiased std, mean shifted to 0) and rl_explained_variance over
+// every dp rank's n values (collectives; exactly the local functions at dp=1).
+void rl_whiten_global(RLRun* run, float* x, size_t n);
+double rl_explained_variance_global(RLRun* run, const float* v, const float* ret, size_t n);
 // Mean rl.gold score of r's samples (0 without a gold scorer); adds the time to *t_score.
 double rl_gold_mean(RLRun* run, const Rollout* r, double* t_score);
 // Writes one metrics.jsonl line {iter, reward, gold, kl, entropy,

@@ -383,6 +383,7 @@ void train_world_share(const TrainWorld* w, int global, const char* what, int* b
 }
 
 double train_world_mean(const TrainWorld* w, double local_mean, double local_weight) {
+    if (w->par.dp_size == 1) return local_mean;
     double v[2] = {local_mean * local_weight, local_weight};
     comm_allreduce_f64(w->par.dp, v, 2);
     return v[1] > 0 ? v[0] / v[1] : 0.0;

@@ -36,7 +36,9 @@ void dp_allreduce_scaled(DataParallel* d, float* grads, size_t n, float scale) {
 
 double dp_allreduce_grads(DataParallel* d, GPT* model, double local_weight) {
     if (dp_size(d) == 1) return local_weight;
-    if (!model->grads_memory) fatalf("dp_allreduce_grads: no gradients (backward first)");
+    // a rank whose share of this minibatch is empty took no backward: it
+    // contributes zeros (and still takes part in the collective)
+    gpt_ensure_grads(model);
     const char* old = comm_set_phase(d->dp, "gradient all-reduce");
     double global = dp_global_weight(d, local_weight);
     float scale = global > 0 ? (float)(local_weight / global) : 0.0f;

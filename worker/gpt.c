@@ -285,6 +285,13 @@ static void ensure_backward_buffers(GPT* model) {
     }
 }
 
+void gpt_ensure_grads(GPT* model) {
+    if (!model->grads_memory) {
+        model->grads_memory = model->ops->alloc(model->num_parameters * sizeof(float));
+        point_parameters(&model->grads, model->grads_memory, model->param_sizes);
+    }
+}
+
 float* gpt_hidden_grad(GPT* model) {
     if (!model->acts_memory) fatalf("gpt_hidden_grad needs a forward pass first");
     ensure_backward_buffers(model);

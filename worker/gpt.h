@@ -133,6 +133,9 @@ void gpt_forward(GPT* model, const int* inputs, const int* targets, const float*
 // The trunk only: embeddings, blocks, final LayerNorm -> acts.lnf (B,T,C).
 // No logits, no loss: for heads other than the LM head (reward, value).
 void gpt_forward_trunk(GPT* model, const int* inputs, int B, int T);
+// Allocates the (zeroed) gradient buffer if no backward has made it yet
+// (a data-parallel rank with no rows this step still joins the all-reduce).
+void gpt_ensure_grads(GPT* model);
 // Zeroes parameter gradients.
 void gpt_zero_grad(GPT* model);
 // Backward of mean_loss from the last forward (targets required).
