@@ -132,10 +132,13 @@ typedef struct {
 static StepStats train_step(RLRun* run, PgAlgo algo, const Rollout* ro, float** logp_old,
                             float** logp_ref, const float* adv, float beta, float clip, MicroBatch* m) {
     GPT* policy = &run->policy;
-    const int n = ro->n;
+    const int n = ro->n;            // this rank's sequences
     StepStats st = {0};
-    size_t num_tokens = 0; // response tokens of the whole batch: the token-mean's denominator
-    for (int i = 0; i < n; i++) num_tokens += (size_t)ro->resp_len[i];
+    // response tokens and sequences of the whole (global) batch: the means' denominators
+    double counts[2] = {0.0, (double)n};
+    for (int i = 0; i < n; i++) counts[0] += (double)ro->resp_len[i];
+    comm_allreduce_f64(run->world.par.dp, counts, 2);
+    const double num_tokens = counts[0], n_all = counts[1];
     if (num_tokens == 0) return st;
 
     gpt_zero_grad(policy);
@@ -167,8 +170,8 @@ static StepStats train_step(RLRun* run, PgAlgo algo, const Rollout* ro, float** 
         if (algo == PG_REINFORCE) {
             // loss = -(1/n) sum_i A_i sum_t logp_{i,t}
             for (size_t p = 0; p < BT; p++) {
-                m->dlogp[p] = m->mask[p] != 0.0f ? -m->adv[p] / (float)n : 0.0f;
-                st.pg_loss += m->mask[p] != 0.0f ? -(double)m->adv[p] * m->logp[p] / n : 0.0;
+                m->dlogp[p] = m->mask[p] != 0.0f ? -m->adv[p] / (float)n_all : 0.0f;
+                st.pg_loss += m->mask[p] != 0.0f ? -(double)m->adv[p] * m->logp[p] / n_all : 0.0;
                 double d = (double)m->logp[p] - m->old[p];
                 st.approx_kl += m->mask[p] != 0.0f ? 0.5 * d * d / (double)num_tokens : 0.0;
             }
@@ -196,22 +199,40 @@ static StepStats train_step(RLRun* run, PgAlgo algo, const Rollout* ro, float** 
         gpt_lm_head_backward(policy, m->dlogp);
         gpt_backward_trunk(policy);
     }
-    st.grad_norm = gpt_update(policy, &run->adamw);
+    // every rank's gradient is already its part of the global means: sum them
+    gpt_ensure_grads(policy);
+    dp_allreduce_scaled(&run->world.dp, policy->grads_memory, policy->num_parameters, 1.0f);
+    double sums[4] = {st.pg_loss, st.kl_loss, st.clipfrac, st.approx_kl};
+    comm_allreduce_f64(run->world.par.dp, sums, 4);
+    st.pg_loss = sums[0];
+    st.kl_loss = sums[1];
+    st.clipfrac = sums[2];
+    st.approx_kl = sums[3];
+    st.grad_norm = dp_update(&run->world.dp, policy, &run->adamw);
     st.loss = st.pg_loss + (algo == PG_GRPO ? beta * st.kl_loss : 0.0);
     if (!isfinite(st.loss)) fatalf("rlhfd %s: loss is %g (try a lower train.lr)", run->cmd, st.loss);
     return st;
 }
 
-static double mean_of(const float* x, int n) {
+static double mean_of_local(const float* x, int n) {
     double s = 0.0;
     for (int i = 0; i < n; i++) s += x[i];
     return n > 0 ? s / n : 0.0;
 }
 
-static double std_of(const float* x, int n) {
-    double mu = mean_of(x, n), s = 0.0;
-    for (int i = 0; i < n; i++) s += ((double)x[i] - mu) * ((double)x[i] - mu);
-    return n > 1 ? sqrt(s / (n - 1)) : 0.0;
+// Mean and unbiased std of x over every dp rank's n values (collectives).
+static double mean_of(RLRun* run, const float* x, int n) {
+    double a[2] = {0.0, (double)n};
+    for (int i = 0; i < n; i++) a[0] += x[i];
+    comm_allreduce_f64(run->world.par.dp, a, 2);
+    return a[1] > 0 ? a[0] / a[1] : 0.0;
+}
+
+static double std_of(RLRun* run, const float* x, int n) {
+    double mu = mean_of(run, x, n), a[2] = {0.0, (double)n};
+    for (int i = 0; i < n; i++) a[0] += ((double)x[i] - mu) * ((double)x[i] - mu);
+    comm_allreduce_f64(run->world.par.dp, a, 2);
+    return a[1] > 1 ? sqrt(a[0] / (a[1] - 1)) : 0.0;
 }
 
 int pg_family_main(int argc, char** argv, int algo_id) {
@@ -241,7 +262,8 @@ int pg_family_main(int argc, char** argv, int algo_id) {
     MicroBatch m;
     micro_batch_init(&m, mb, ctx);
 
-    const int n = run.batch * G;
+    // this rank's prompts: run.seq0 .. run.seq0 + run.nloc - 1, G samples each
+    const int n = run.nloc * G;
     const char** batch_prompts = mallocCheck((size_t)run.batch * sizeof(char*));
     const char** prompts = mallocCheck((size_t)n * sizeof(char*));
     uint64_t* seeds = mallocCheck((size_t)n * sizeof(uint64_t));
@@ -256,8 +278,8 @@ int pg_family_main(int argc, char** argv, int algo_id) {
         // ---- rollouts: G samples of each prompt, consecutive (the groups)
         rl_next_prompts(&run, batch_prompts, run.batch);
         for (int i = 0; i < n; i++) {
-            prompts[i] = batch_prompts[i / G];
-            seeds[i] = rl_sample_seed(&run, it, i);
+            prompts[i] = batch_prompts[run.seq0 + i / G];
+            seeds[i] = rl_sample_seed(&run, it, run.seq0 * G + i);
         }
         Rollout ro;
         rollout_generate(&run.policy, run.tok, prompts, n, seeds, &run.rollout, &ro);
@@ -288,20 +310,23 @@ int pg_family_main(int argc, char** argv, int algo_id) {
             len_sum += ro.resp_len[i];
             seq_reward[i] = algo == PG_GRPO ? ro.scores[i] : (float)(ro.scores[i] - beta * kl_pen);
         }
-        st.reward = mean_of(ro.scores, n);
-        st.kl = kl_sum / n;
-        st.response_len = len_sum / n;
+        st.n_seq = n;
+        st.n_tok = (double)ro.new_tokens;
+        st.reward = n ? mean_of_local(ro.scores, n) : 0.0;
+        st.kl = n ? kl_sum / n : 0.0;
+        st.response_len = n ? len_sum / n : 0.0;
+        rl_reduce_stats(&run, &st);
         int zero_groups = 0; // groups whose samples all scored the same: no signal
         if (algo == PG_REINFORCE) {
-            double batch_mean = mean_of(seq_reward, n);
+            double batch_mean = mean_of(&run, seq_reward, n);
             if (baseline_decay <= 0.0f || !have_baseline) baseline = batch_mean;
             for (int i = 0; i < n; i++) adv[i] = (float)(seq_reward[i] - baseline);
             baseline = baseline_decay * baseline + (1.0 - baseline_decay) * batch_mean;
             have_baseline = 1;
         } else {
-            if (algo == PG_GRPO) rl_grpo_advantages(seq_reward, (size_t)run.batch, G, scale_std, adv);
-            else rl_rloo_advantages(seq_reward, (size_t)run.batch, G, adv);
-            for (int g = 0; g < run.batch; g++) {
+            if (algo == PG_GRPO) rl_grpo_advantages(seq_reward, (size_t)run.nloc, G, scale_std, adv);
+            else rl_rloo_advantages(seq_reward, (size_t)run.nloc, G, adv);
+            for (int g = 0; g < run.nloc; g++) {
                 int same = 1;
                 for (int k = 1; k < G; k++) same &= seq_reward[g * G + k] == seq_reward[g * G];
                 zero_groups += same;
@@ -316,7 +341,12 @@ int pg_family_main(int argc, char** argv, int algo_id) {
             if (e == 0) first = last;
         }
         st.t_train = now_seconds() - t0;
-        kl_controller_update(&klc, (float)st.kl, n);
+        kl_controller_update(&klc, (float)st.kl, run.batch * G);
+        int64_t zg = zero_groups;
+        comm_allreduce(run.world.par.dp, &zg, 1, COMM_I64, COMM_SUM);
+        zero_groups = (int)zg;
+        const double seq_reward_mean = mean_of(&run, seq_reward, n);
+        const double score_std = std_of(&run, ro.scores, n), adv_std = std_of(&run, adv, n);
 
         json_t* extra = json_object();
         json_object_set_new(extra, "loss", json_real(first.loss));
@@ -328,9 +358,9 @@ int pg_family_main(int argc, char** argv, int algo_id) {
         }
         json_object_set_new(extra, "approx_kl", json_real(last.approx_kl));
         if (algo == PG_REINFORCE) json_object_set_new(extra, "baseline", json_real(baseline));
-        json_object_set_new(extra, "seq_reward", json_real(mean_of(seq_reward, n)));
-        json_object_set_new(extra, "score_std", json_real(std_of(ro.scores, n)));
-        json_object_set_new(extra, "adv_std", json_real(std_of(adv, n)));
+        json_object_set_new(extra, "seq_reward", json_real(seq_reward_mean));
+        json_object_set_new(extra, "score_std", json_real(score_std));
+        json_object_set_new(extra, "adv_std", json_real(adv_std));
         json_object_set_new(extra, "kl_coef", json_real(beta));
         json_object_set_new(extra, "grad_norm", json_real(first.grad_norm));
         rl_log_iteration(&run, it, &st, extra);

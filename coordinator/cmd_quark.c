@@ -71,6 +71,10 @@ typedef struct {
     float reward;
     float* ref_logp; // (len - prompt_len) log p_ref(response token | plain prefix)
     int bin;
+    // under data parallelism every rank keeps every sample's scalars (len,
+    // prompt_len, reward, bin: the binning and the picks are global) but only
+    // the tokens of the samples it generated (owned; tokens/ref_logp NULL otherwise)
+    int owned;
 } PoolSample;
 
 typedef struct {
@@ -201,14 +205,30 @@ static double mean_score(RewardFn* f, const char* const* prompts, char** respons
 
 // Held-out evaluation conditioned on ctrl: rollout_evaluate's numbers
 // (prompt i sampled with seed train.seed + 7777 + i, as rl_evaluate).
+// Weighted means over the dp ranks' shares of the held-out prompts.
+static RolloutEval quark_eval_reduce(RLRun* run, RolloutEval ev) {
+    Comm* dp = run->world.par.dp;
+    if (!dp || dp->size == 1) return ev;
+    double n = ev.n, sums[5] = {ev.gold * n, ev.reward * n, ev.kl * n, ev.response_len * n, n};
+    comm_allreduce_f64(dp, sums, 5);
+    double N = sums[4] > 0 ? sums[4] : 1;
+    RolloutEval out = {sums[0] / N, sums[1] / N, sums[2] / N, sums[3] / N, (int)sums[4]};
+    return out;
+}
+
 static RolloutEval quark_evaluate(RLRun* run, int ctrl, int batch) {
     RolloutEval ev = {0};
-    const int n = (int)run->num_val;
-    if (n <= 0) return ev;
+    if (run->num_val == 0) return ev;
+    // each dp rank evaluates its share of the prompts (prompt i keeps seed + i)
+    size_t first = 0, last = run->num_val;
+    Comm* dp = run->world.par.dp;
+    if (dp) parallel_share(run->num_val, dp->rank, dp->size, &first, &last);
+    const int n = (int)(last - first);
     const double t0 = now_seconds();
+    if (n <= 0) return quark_eval_reduce(run, ev);
     uint64_t* seeds = mallocCheck((size_t)n * sizeof(uint64_t));
-    for (int i = 0; i < n; i++) seeds[i] = run->seed + 7777 + (uint64_t)i;
-    const char* const* prompts = (const char* const*)run->val_prompts;
+    for (int i = 0; i < n; i++) seeds[i] = run->seed + 7777 + first + (uint64_t)i;
+    const char* const* prompts = (const char* const*)run->val_prompts + first;
     CtrlSamples cs;
     ctrl_generate(run, ctrl, prompts, n, seeds, &cs);
     ev.n = n;
@@ -229,7 +249,7 @@ static RolloutEval quark_evaluate(RLRun* run, int ctrl, int batch) {
     ctrl_samples_free(&cs);
     free(seeds);
     run->t_eval += now_seconds() - t0;
-    return ev;
+    return quark_eval_reduce(run, ev);
 }
 
 static void write_tokens(json_t* obj, const char* key, const int* t, int n) {
@@ -245,10 +265,20 @@ typedef struct {
 
 // One gradient step on nb pool samples (indices pick[]): rows [ctrl(bin)] ++
 // prompt ++ response.
-static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pick, int nb, int ctrl_base,
+static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pick_all, int nb_all, int ctrl_base,
                                   float kl_coef, float ent_coef, FILE* rows_log, int iter, int step) {
     GPT* policy = &run->policy;
     const int ctx = policy->config.max_seq_len;
+    // the step's mean is over the response tokens of every picked row; each
+    // rank trains on the picked rows it owns
+    size_t num_tokens = 0;
+    int nb = 0;
+    size_t* pick = mallocCheck((size_t)(nb_all > 0 ? nb_all : 1) * sizeof(size_t));
+    for (int b = 0; b < nb_all; b++) {
+        const PoolSample* s = &pool->s[pick_all[b]];
+        num_tokens += (size_t)(s->len - s->prompt_len);
+        if (s->owned) pick[nb++] = pick_all[b];
+    }
     int** rows = mallocCheck((size_t)nb * sizeof(int*));
     int* lens = mallocCheck((size_t)nb * sizeof(int));
     int* plens = mallocCheck((size_t)nb * sizeof(int));
@@ -278,12 +308,12 @@ static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pi
     int* targets = mallocCheck((size_t)nb * ctx * sizeof(int));
     const int T = rollout_pack((const int* const*)rows, lens, plens, idx, nb, 0, inputs, targets);
     const size_t BT = (size_t)nb * T;
-    float* lp = mallocCheck(BT * sizeof(float));
-    float* dlogp = callocCheck(BT, sizeof(float));
-    gpt_forward(policy, inputs, targets, NULL, nb, T);
-    gpt_token_logprobs(policy, lp);
-    size_t num_tokens = 0;
-    for (int b = 0; b < nb; b++) num_tokens += (size_t)(lens[b] - plens[b]);
+    float* lp = mallocCheck((BT ? BT : 1) * sizeof(float));
+    float* dlogp = callocCheck(BT ? BT : 1, sizeof(float));
+    if (nb) {
+        gpt_forward(policy, inputs, targets, NULL, nb, T);
+        gpt_token_logprobs(policy, lp);
+    }
     QuarkStep st = {0};
     for (int b = 0; b < nb; b++) {
         const PoolSample* s = &pool->s[pick[b]];
@@ -297,15 +327,25 @@ static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pi
             dlogp[pos] = (-1.0f + kl_coef * (1.0f - expf(ref - logp)) + ent_coef) / (float)num_tokens;
         }
     }
+    double sums[3] = {st.nll, st.kl, st.entropy_est};
+    comm_allreduce_f64(run->world.par.dp, sums, 3);
+    st.nll = sums[0];
+    st.kl = sums[1];
+    st.entropy_est = sums[2];
     st.loss = st.nll + kl_coef * st.kl - ent_coef * st.entropy_est;
     if (!isfinite(st.loss)) fatalf("rlhfd quark: loss is %g (try a lower train.lr)", st.loss);
     gpt_zero_grad(policy);
-    gpt_hidden_grad(policy);
-    gpt_lm_head_backward(policy, dlogp);
-    gpt_backward_trunk(policy);
-    st.grad_norm = gpt_update(policy, &run->adamw);
+    if (nb) {
+        gpt_hidden_grad(policy);
+        gpt_lm_head_backward(policy, dlogp);
+        gpt_backward_trunk(policy);
+    }
+    // each rank's gradient is its part of the global token mean: sum them
+    gpt_ensure_grads(policy);
+    dp_allreduce_scaled(&run->world.dp, policy->grads_memory, policy->num_parameters, 1.0f);
+    st.grad_norm = dp_update(&run->world.dp, policy, &run->adamw);
     for (int b = 0; b < nb; b++) free(rows[b]);
-    free(rows); free(lens); free(plens); free(idx); free(inputs); free(targets); free(lp); free(dlogp);
+    free(rows); free(lens); free(plens); free(idx); free(inputs); free(targets); free(lp); free(dlogp); free(pick);
     return st;
 }
 
@@ -327,7 +367,7 @@ int cmd_quark(int argc, char** argv) {
 
     FILE* rows_log = NULL;
     char rows_path[4200];
-    if (config_bool(cfg, "quark.log_rows")) {
+    if (config_bool(cfg, "quark.log_rows") && run.world.is_root) { // rank 0 logs its own rows
         snprintf(rows_path, sizeof rows_path, "%s/quark_rows.jsonl", run.run_dir);
         rows_log = fopen(rows_path, "w");
         if (!rows_log) fatalf("cannot write '%s': %s", rows_path, strerror(errno));
@@ -338,17 +378,17 @@ int cmd_quark(int argc, char** argv) {
     Pool pool = {0};
     Rng pick_rng;
     rng_seed(&pick_rng, run.seed ^ 0x5175A4Bull);
-    const int n = run.batch;
+    const int n = run.nloc, n_all = run.batch; // this rank's sequences: run.seq0 .. run.seq0 + n - 1
     const char** prompts = mallocCheck((size_t)n * sizeof(char*));
     uint64_t* seeds = mallocCheck((size_t)n * sizeof(uint64_t));
     float* scores = mallocCheck((size_t)n * sizeof(float));
+    double* shared = mallocCheck((size_t)n_all * 3 * sizeof(double)); // every sequence's reward, len, prompt_len
     size_t* pick = mallocCheck((size_t)mb * sizeof(size_t));
 
     for (int it = 1; it <= run.iterations; it++) {
         RLIterStats st = {0};
         // ---- exploration with the best quantile's token
-        rl_next_prompts(&run, prompts, n);
-        for (int i = 0; i < n; i++) seeds[i] = rl_sample_seed(&run, it, i);
+        rl_local_prompts(&run, it, prompts, seeds);
         CtrlSamples cs;
         ctrl_generate(&run, best, prompts, n, seeds, &cs);
         st.t_generate = cs.seconds;
@@ -369,6 +409,15 @@ int cmd_quark(int argc, char** argv) {
         st.t_logprobs = now_seconds() - t0;
 
         // ---- into the pool (without the control token), then re-bin all of it
+        // every rank learns every sequence's scalars (a sum of zero-padded slices)
+        memset(shared, 0, (size_t)n_all * 3 * sizeof(double));
+        for (int i = 0; i < n; i++) {
+            shared[3 * (run.seq0 + i)] = scores[i];
+            shared[3 * (run.seq0 + i) + 1] = cs.g.len[i] - 1;
+            shared[3 * (run.seq0 + i) + 2] = cs.g.prompt_len[i] - 1;
+        }
+        comm_allreduce_f64(run.world.par.dp, shared, (size_t)n_all * 3);
+        st.n_seq = n;
         for (int i = 0; i < n; i++) {
             const int P = cs.g.prompt_len[i], R = cs.g.len[i] - P;
             double kl = 0.0;
@@ -387,20 +436,29 @@ int cmd_quark(int argc, char** argv) {
                 write_json_line(rows_log, o);
                 json_decref(o);
             }
+        }
+        st.n_tok = (double)st.rollout_tokens;
+        // the pool grows by every rank's sequences, in global order
+        for (int g = 0; g < n_all; g++) {
             if (pool.n == pool.cap) {
                 pool.cap = pool.cap ? 2 * pool.cap : 256;
                 pool.s = reallocCheck(pool.s, pool.cap * sizeof(PoolSample));
             }
             PoolSample* s = &pool.s[pool.n++];
-            s->len = cs.g.len[i] - 1;
-            s->prompt_len = P - 1;
+            memset(s, 0, sizeof *s);
+            s->reward = (float)shared[3 * g];
+            s->len = (int)shared[3 * g + 1];
+            s->prompt_len = (int)shared[3 * g + 2];
+            const int i = g - run.seq0;
+            if (i < 0 || i >= n) continue;
+            const int R = s->len - s->prompt_len;
+            s->owned = 1;
             s->tokens = mallocCheck((size_t)s->len * sizeof(int));
             memcpy(s->tokens, cs.g.tokens[i] + 1, (size_t)s->len * sizeof(int));
-            s->reward = scores[i];
             s->ref_logp = mallocCheck((size_t)(R > 0 ? R : 1) * sizeof(float));
             memcpy(s->ref_logp, lr[i], (size_t)R * sizeof(float));
-            s->bin = 0;
         }
+        rl_reduce_stats(&run, &st);
         free_resp(lp, n);
         free_resp(lr, n);
         ctrl_samples_free(&cs);
@@ -436,6 +494,7 @@ int cmd_quark(int argc, char** argv) {
 
         if (run.eval_every > 0 && it % run.eval_every == 0 && it != run.iterations && run.num_val > 0) {
             RolloutEval ev = quark_evaluate(&run, best, mb);
+            if (!run.world.is_root) continue;
             json_t* row = json_object();
             json_object_set_new(row, "iter", json_integer(it));
             json_object_set_new(row, "eval", json_true());
@@ -457,7 +516,7 @@ int cmd_quark(int argc, char** argv) {
     // skipped (num_val = 0 for its duration) and these numbers replace it.
     RolloutEval ev = quark_evaluate(&run, best, mb);
     RolloutEval worst = quark_evaluate(&run, ctrl_base, mb);
-    fprintf(stderr, "quark final eval | best token: gold %+.4f reward %+.4f kl %.3f | worst token: gold %+.4f reward %+.4f\n",
+    if (run.world.is_root) fprintf(stderr, "quark final eval | best token: gold %+.4f reward %+.4f kl %.3f | worst token: gold %+.4f reward %+.4f\n",
             ev.gold, ev.reward, ev.kl, worst.gold, worst.reward);
     json_t* summary = json_object();
     json_object_set_new(summary, "gold", json_real(ev.gold));
@@ -484,6 +543,7 @@ int cmd_quark(int argc, char** argv) {
     free(prompts);
     free(seeds);
     free(scores);
+    free(shared);
     free(pick);
     pool_free(&pool);
     rl_run_close(&run);
