@@ -91,6 +91,19 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"dpo.val", CONFIG_STR, "", 0, 0, "held-out preferences (same formats) for val loss/accuracy; empty = none"},
     {"dpo.beta", CONFIG_FLOAT, "0.1", 1e-6, NOLIM, "DPO beta: strength of the implicit KL to the reference"},
     {"dpo.pairs", CONFIG_STR, "best_worst", 0, 0, "pairs from a ranking of k: best_worst (1 pair) or all (k(k-1)/2 pairs)"},
+    // NLPO (rlhfd nlpo): PPO in the top-p action space of a masking policy (RL4LMs)
+    {"nlpo.top_p", CONFIG_FLOAT, "0.9", 1e-6, 1, "NLPO: the masking policy keeps its top-p tokens at each step (1 = no mask: plain PPO)"},
+    {"nlpo.mask_refresh", CONFIG_INT, "5", 1, INT_MAX, "NLPO: copy the policy into the masking policy every N iterations"},
+    // ILQL (rlhfd ilql): offline implicit Q-learning on scored samples (Snell et al. 2022, trlx)
+    {"ilql.train", CONFIG_STR, "", 0, 0, "ILQL data: JSONL {\"prompt\", \"response\", \"reward\"} (no reward: scored with rl.reward) or rankings (every response scored with rl.reward)"},
+    {"ilql.gamma", CONFIG_FLOAT, "0.99", 0, 1, "ILQL: discount of the Bellman target Q(s,a) <- r + gamma V(s')"},
+    {"ilql.tau", CONFIG_FLOAT, "0.7", 0.5, 0.999999, "ILQL: expectile of the V regression (0.5 = the mean of Q; closer to 1 = its max)"},
+    {"ilql.cql_weight", CONFIG_FLOAT, "0.1", 0, NOLIM, "ILQL: weight of the CQL term (cross-entropy of the Q logits vs the action taken)"},
+    {"ilql.awac_weight", CONFIG_FLOAT, "1.0", 0, NOLIM, "ILQL: weight of the LM (AWAC) loss on the data's responses"},
+    {"ilql.alpha", CONFIG_FLOAT, "0.1", 0, 1, "ILQL: Polyak rate of the target Q heads per step (target <- alpha*Q + (1-alpha)*target)"},
+    {"ilql.beta", CONFIG_FLOAT, "1.0", 0, NOLIM, "ILQL: decoding samples from logits + beta*(Q - V) (target Q heads; 0 = the LM alone)"},
+    {"ilql.head_lr", CONFIG_FLOAT, "0", 0, 10, "ILQL: learning rate of the Q and V heads (same schedule as train.lr); 0 = train.lr"},
+    {"ilql.init_std", CONFIG_FLOAT, "0.002", 0, 10, "ILQL: std of the random init of the Q heads' weights (biases and the V head start at 0)"},
     // policy gradient (rlhfd pg), GRPO / RLOO (rlhfd grpo, rlhfd rloo), Quark (rlhfd quark)
     {"pg.baseline_decay", CONFIG_FLOAT, "0.9", 0, 0.999999, "REINFORCE baseline: moving average of the batch-mean reward with this decay; 0 = the batch mean"},
     {"pg.epochs", CONFIG_INT, "1", 1, 1000, "REINFORCE gradient steps on each iteration's samples"},
@@ -105,6 +118,9 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"quark.log_rows", CONFIG_BOOL, "false", 0, 0, "Quark: write every training row's tokens and bin to RUN_DIR/quark_rows.jsonl (tests)"},
     // outputs
     {"run.dir", CONFIG_STR, "runs/pretrain", 0, 0, "run directory: metrics.jsonl, ckpt-NNNNNNNN/"},
+    {"status.socket", CONFIG_STR, "", 0, 0, "status socket path (HTTP on a Unix socket, mode 0600); empty = RUN_DIR/status.sock; none = no socket"},
+    {"status.listen", CONFIG_STR, "", 0, 0, "also serve status over TCP at HOST:PORT (loopback unless status.token is set); empty = no TCP"},
+    {"status.token", CONFIG_STR, "", 0, 0, "bearer token for the TCP listener (control actions over TCP always need it)"},
     {"parallel.tp", CONFIG_INT, "1", 1, 4096, "tensor-parallel ranks per model replica (Megatron); dp = world size / tp"},
     {"parallel.zero1", CONFIG_BOOL, "false", 0, 0, "ZeRO-1: shard the AdamW moments over the data-parallel ranks"},
     {"parallel.timeout", CONFIG_FLOAT, "300", 0, 1e9, "seconds a collective may wait for the other ranks before the run aborts naming the phase; 0 = forever"},

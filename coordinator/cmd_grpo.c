@@ -364,6 +364,12 @@ int pg_family_main(int argc, char** argv, int algo_id) {
         json_object_set_new(extra, "kl_coef", json_real(beta));
         json_object_set_new(extra, "grad_norm", json_real(first.grad_norm));
         rl_log_iteration(&run, it, &st, extra);
+        if (run.stop) { // graceful stop: rl_finish checkpoints what is done
+            rl_free_per_token(logp_old, n);
+            rl_free_per_token(logp_ref, n);
+            rollout_free(&ro);
+            break;
+        }
 
         rl_free_per_token(logp_old, n);
         rl_free_per_token(logp_ref, n);

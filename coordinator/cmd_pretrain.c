@@ -12,6 +12,7 @@
 #include <string.h>
 #include <jansson.h>
 #include "commands.h"
+#include "run_control.h"
 #include "train_util.h"
 #include "../common/args.h"
 #include "../common/check.h"
@@ -51,6 +52,7 @@ int cmd_pretrain(int argc, char** argv) {
     TrainWorld world;
     train_world_init(&world, cfg);
     const int root = world.is_root;
+    int stopped = 0; // a graceful stop (POST /stop, SIGTERM/SIGUSR1) after a checkpoint
 
     // ---- model
     GPT model;
@@ -114,6 +116,9 @@ int cmd_pretrain(int argc, char** argv) {
     int* inputs = mallocCheck((size_t)B * T * sizeof(int));  // (B,T)
     int* targets = mallocCheck((size_t)B * T * sizeof(int)); // (B,T)
 
+    RunControl control;
+    run_control_start(&control, &world, cfg, "pretrain", run_dir, steps);
+    int steps_done = steps;
     const double t_start = now_seconds();
     double train_seconds = 0.0, loss = 0.0, val_loss = NAN;
     size_t tokens = 0;
@@ -142,11 +147,6 @@ int cmd_pretrain(int argc, char** argv) {
         if (eval_now)
             val_loss = eval_windows_dp(&model, &val_data, Bl, T, (size_t)eval_batches * B, world.par.dp, NULL);
         int ckpt_now = is_last || (ckpt_every > 0 && step % ckpt_every == 0);
-        if (ckpt_now) dp_gather_optimizer(&world.dp, &model); // collective (ZeRO-1)
-        if (!root) {
-            if (ckpt_now) dp_scatter_optimizer(&world.dp, &model);
-            continue;
-        }
 
         json_t* row = json_object();
         json_object_set_new(row, "step", json_integer(step));
@@ -157,11 +157,17 @@ int cmd_pretrain(int argc, char** argv) {
         if (eval_now) json_object_set_new(row, "val_loss", json_real(val_loss));
         json_object_set_new(row, "ms", json_real(dt * 1e3));
         json_object_set_new(row, "tokens_per_s", json_real(dt > 0 ? B * T / dt : 0.0));
-        write_json_line(metrics, row);
+        if (root) {
+            write_json_line(metrics, row);
+            fflush(metrics);
+        }
+        // every rank reports; rank 0 publishes /status and decides (collective)
+        unsigned decision = run_control_step(&control, step, "train", row, (double)B * T);
         json_decref(row);
-        fflush(metrics);
+        if (decision & RUN_CHECKPOINT) ckpt_now = 1;
+        if (decision & RUN_STOP) stopped = 1;
 
-        if (step == 1 || is_last || step % log_every == 0) {
+        if (root && (step == 1 || is_last || step % log_every == 0)) {
             char eta[32], val_text[32] = "";
             format_duration(train_seconds / step * (steps - step), eta, sizeof eta);
             if (eval_now) snprintf(val_text, sizeof val_text, " | val %.4f", val_loss);
@@ -169,17 +175,26 @@ int cmd_pretrain(int argc, char** argv) {
                     snprintf(NULL, 0, "%d", steps), step, steps, loss, val_text, adamw.lr,
                     grad_norm, train_seconds > 0 ? tokens / train_seconds : 0.0, eta);
         }
-        if (ckpt_now)
-            train_checkpoint_save(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens,
-                                  ckpt_path, sizeof ckpt_path);
-        if (ckpt_now) dp_scatter_optimizer(&world.dp, &model);
+        if (ckpt_now) {
+            run_control_phase(&control, "checkpoint");
+            dp_gather_optimizer(&world.dp, &model); // collective (ZeRO-1)
+            if (root)
+                train_checkpoint_save(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens,
+                                      ckpt_path, sizeof ckpt_path);
+            dp_scatter_optimizer(&world.dp, &model);
+        }
+        if (stopped) {
+            steps_done = step;
+            break;
+        }
     }
     if (!root) goto done;
     if (fclose(metrics) != 0) fatalf("cannot write '%s': %s", metrics_path, strerror(errno));
 
     // ---- summary: the last stdout line
     json_t* summary = json_object();
-    json_object_set_new(summary, "steps", json_integer(steps));
+    json_object_set_new(summary, "steps", json_integer(steps_done));
+    if (stopped) json_object_set_new(summary, "stopped", json_true());
     json_object_set_new(summary, "loss", json_real(loss));
     json_object_set_new(summary, "val_loss", isnan(val_loss) ? json_null() : json_real(val_loss));
     json_object_set_new(summary, "tokens", json_integer((json_int_t)tokens));
@@ -190,7 +205,9 @@ int cmd_pretrain(int argc, char** argv) {
     write_json_line(stdout, summary);
     json_decref(summary);
 
-done:
+done:;
+    const int rc = stopped ? run_control_exit_code(&control) : 0;
+    run_control_finish(&control);
     free(inputs);
     free(targets);
     token_data_free(&train_data);
@@ -198,5 +215,5 @@ done:
     gpt_free(&model);
     train_world_free(&world);
     config_free(cfg);
-    return 0;
+    return rc;
 }

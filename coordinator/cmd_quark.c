@@ -491,6 +491,7 @@ int cmd_quark(int argc, char** argv) {
         json_object_set_new(extra, "pool_best_bin_reward", json_real(best_n ? best_sum / best_n : 0.0));
         json_object_set_new(extra, "grad_norm", json_real(qs.grad_norm));
         rl_log_iteration(&run, it, &st, extra);
+        if (run.stop) break; // graceful stop: rl_finish checkpoints what is done
 
         if (run.eval_every > 0 && it % run.eval_every == 0 && it != run.iterations && run.num_val > 0) {
             RolloutEval ev = quark_evaluate(&run, best, mb);

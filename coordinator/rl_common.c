@@ -48,6 +48,8 @@ static void filter_prompts(RLRun* run, char** prompts, size_t* n, const char* pa
     *n = kept;
 }
 
+static void print_banner(RLRun* run, const char* init, const char* reward_spec, const char* gold_spec);
+
 void rl_run_open(RLRun* run) {
     Config* cfg = run->cfg;
     const char* init = config_str(cfg, "model.init");
@@ -107,8 +109,14 @@ void rl_run_open(RLRun* run) {
     run->adamw = config_adamw(cfg);
 
     run->run_dir = config_str(cfg, "run.dir");
-    if (!run->world.is_root) return; // rank 0 alone writes the run dir
-    run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
+    if (run->world.is_root) { // rank 0 alone writes the run dir
+        run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
+        print_banner(run, init, reward_spec, gold_spec);
+    }
+    run_control_start(&run->control, &run->world, cfg, run->cmd, run->run_dir, run->iterations);
+}
+
+static void print_banner(RLRun* run, const char* init, const char* reward_spec, const char* gold_spec) {
     const GPTConfig* c = &run->policy.config;
     fprintf(stderr,
             "%s: policy %s (L=%d C=%d ctx=%d, %zu params) | reward %s | gold %s | %zu prompts, %zu held out | "
@@ -119,6 +127,8 @@ void rl_run_open(RLRun* run) {
 }
 
 void rl_run_close(RLRun* run) {
+    const int exit_code = run->stop ? run_control_exit_code(&run->control) : 0;
+    run_control_finish(&run->control);
     gpt_free(&run->policy);
     gpt_free(&run->ref);
     if (run->reward) reward_close(run->reward);
@@ -131,6 +141,10 @@ void rl_run_close(RLRun* run) {
     if (run->cfg) config_free(run->cfg);
     train_world_free(&run->world);
     memset(run, 0, sizeof *run);
+    if (exit_code != 0) { // stopped by a signal: tell the launcher to requeue and resume
+        comm_mpi_finalize();
+        exit(exit_code);
+    }
 }
 
 void rl_next_prompts(RLRun* run, const char** out, int n) {
@@ -226,10 +240,7 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
     run->t_logprobs += st->t_logprobs;
     run->t_train += st->t_train;
     run->rollout_tokens += st->rollout_tokens;
-    if (!run->world.is_root) {
-        json_decref(extra);
-        return;
-    }
+    run->iter_done = iter;
 
     json_t* row = json_object();
     json_object_set_new(row, "iter", json_integer(iter));
@@ -250,9 +261,15 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
     json_object_set_new(row, "t_train", json_real(st->t_train));
     json_object_set_new(row, "rollout_tokens_per_s",
                         json_real(st->t_generate > 0 ? (double)st->rollout_tokens / st->t_generate : 0.0));
-    write_json_line(run->metrics, row);
+    if (run->world.is_root) {
+        write_json_line(run->metrics, row);
+        fflush(run->metrics);
+    }
+    unsigned decision = run_control_step(&run->control, iter, "train", row, (double)st->rollout_tokens);
     json_decref(row);
-    fflush(run->metrics);
+    if (decision & RUN_STOP) run->stop = 1;
+    else if (decision & RUN_CHECKPOINT) rl_checkpoint(run, iter, NULL, 0, NULL);
+    if (!run->world.is_root) return;
 
     char eta[32];
     format_duration((now_seconds() - run->t_start) / iter * (run->iterations - iter), eta, sizeof eta);
@@ -310,27 +327,37 @@ void rl_maybe_evaluate(RLRun* run, int iter) {
             iter, ev.gold, ev.reward, ev.kl, ev.n);
 }
 
+void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra) {
+    // rank 0 writes (ZeRO-1: the moments are gathered from every dp rank first)
+    run_control_phase(&run->control, "checkpoint");
+    dp_gather_optimizer(&run->world.dp, &run->policy);
+    if (run->world.is_root) {
+        char* path = run_dir_checkpoint_path(run->run_dir, iter);
+        snprintf(run->checkpoint, sizeof run->checkpoint, "%s", path);
+        free(path);
+        json_t* state = json_object();
+        json_object_set_new(state, "kind", json_string(run->cmd));
+        json_object_set_new(state, "iterations", json_integer(iter));
+        if (run->stop) json_object_set_new(state, "stopped", json_true());
+        if (state_extra) {
+            const char* key;
+            json_t* value;
+            json_object_foreach(state_extra, key, value) json_object_set(state, key, value);
+        }
+        json_object_set_new(state, "config", config_to_json(run->cfg));
+        checkpoint_save_extra(&run->policy, run->checkpoint, state, 1, extra, num_extra, NULL);
+        json_decref(state);
+        run_dir_prune(run->run_dir, config_int(run->cfg, "train.keep_checkpoints"));
+        fprintf(stderr, "%s: checkpoint %s\n", run->cmd, run->checkpoint);
+    }
+    json_decref(state_extra);
+    dp_scatter_optimizer(&run->world.dp, &run->policy);
+}
+
 void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* state_extra,
                json_t* summary_extra) {
-    // checkpoint: rank 0 writes (ZeRO-1: the moments are gathered first)
-    dp_gather_optimizer(&run->world.dp, &run->policy);
+    rl_checkpoint(run, run->stop ? run->iter_done : run->iterations, extra, num_extra, state_extra);
     if (!run->world.is_root) goto evaluate;
-    char* path = run_dir_checkpoint_path(run->run_dir, run->iterations);
-    snprintf(run->checkpoint, sizeof run->checkpoint, "%s", path);
-    free(path);
-    json_t* state = json_object();
-    json_object_set_new(state, "kind", json_string(run->cmd));
-    json_object_set_new(state, "iterations", json_integer(run->iterations));
-    if (state_extra) {
-        const char* key;
-        json_t* value;
-        json_object_foreach(state_extra, key, value) json_object_set(state, key, value);
-        json_decref(state_extra);
-    }
-    json_object_set_new(state, "config", config_to_json(run->cfg));
-    checkpoint_save_extra(&run->policy, run->checkpoint, state, 1, extra, num_extra, NULL);
-    json_decref(state);
-    run_dir_prune(run->run_dir, config_int(run->cfg, "train.keep_checkpoints"));
     if (fclose(run->metrics) != 0) fatalf("cannot write '%s': %s", run->metrics_path, strerror(errno));
     run->metrics = NULL;
 
@@ -338,7 +365,6 @@ evaluate:;
     // final held-out evaluation
     RolloutEval ev = rl_evaluate(run);
     if (!run->world.is_root) {
-        json_decref(state_extra);
         json_decref(summary_extra);
         return;
     }
@@ -351,7 +377,8 @@ evaluate:;
     json_object_set_new(s, "kl", json_real(ev.kl));
     json_object_set_new(s, "response_len", json_real(ev.response_len));
     json_object_set_new(s, "eval_prompts", json_integer(ev.n));
-    json_object_set_new(s, "iterations", json_integer(run->iterations));
+    json_object_set_new(s, "iterations", json_integer(run->stop ? run->iter_done : run->iterations));
+    if (run->stop) json_object_set_new(s, "stopped", json_true());
     json_object_set_new(s, "checkpoint", json_string(run->checkpoint));
     json_object_set_new(s, "run_dir", json_string(run->run_dir));
     json_object_set_new(s, "seconds", json_real(now_seconds() - run->t_start));

@@ -26,6 +26,7 @@
 #include "../worker/gpt.h"
 #include "../worker/rewards.h"
 #include "../worker/rollout.h"
+#include "run_control.h"
 #include "train_util.h"
 
 typedef struct {
@@ -61,6 +62,10 @@ typedef struct {
     // [seq0, seq0 + nloc) of every iteration's rl.batch
     TrainWorld world;
     int seq0, nloc;
+    // the coordinator's loop: status socket, reports, control actions
+    RunControl control;
+    int stop;             // a graceful stop was decided (POST /stop, SIGTERM/SIGUSR1): leave the loop
+    int iter_done;        // iterations completed (the final checkpoint's number)
 } RLRun;
 
 // Parses --config FILE --set K=V... --model PATH --overwrite --print-config
@@ -115,6 +120,10 @@ double rl_gold_mean(RLRun* run, const Rollout* r, double* t_score);
 // Writes one metrics.jsonl line {iter, reward, gold, kl, entropy,
 // response_len, <extra's fields>, t_generate, t_score, t_logprobs, t_train,
 // rollout_tokens_per_s} and a progress line on stderr; steals extra (may be NULL).
+// Collective: every rank reports to the coordinator, which publishes /status
+// and decides. POST /checkpoint writes a policy checkpoint here; a stop
+// (POST /stop, SIGTERM, SIGUSR1) sets run->stop: the command leaves its loop
+// (`if (run.stop) break;`) and rl_finish checkpoints the iterations done.
 void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra);
 // Held-out evaluation of the policy on the val prompts (rollout_evaluate with
 // the run's sampling config and seed train.seed + 7777). Adds to t_eval.
@@ -123,6 +132,10 @@ RolloutEval rl_evaluate(RLRun* run);
 // evaluates and writes {"iter", "eval_gold", "eval_reward", "eval_kl"} as
 // its own metrics line (marked "eval": true) and on stderr.
 void rl_maybe_evaluate(RLRun* run, int iter);
+// Checkpoint RUN_DIR/ckpt-<iter> of the policy (optimizer included; state
+// {"kind", "iterations", <state_extra>}, extra tensors). Collective (ZeRO-1);
+// rank 0 writes. Steals state_extra (may be NULL).
+void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra);
 // Writes the final checkpoint RUN_DIR/ckpt-<iterations> (optimizer included,
 // state {"kind": cmd, "iterations", <state_extra>}, plus extra tensors),
 // closes metrics.jsonl, runs the final held-out evaluation and prints the
