@@ -125,6 +125,7 @@ int cmd_pretrain(int argc, char** argv) {
     char ckpt_path[4200] = "";
     for (int step = 1; step <= steps; step++) {
         double t0 = now_seconds();
+        run_control_phase(&control, "train");
         // every rank draws the same global batch and takes its rows: the
         // run is the same at any dp size
         token_data_random_batch(&train_data, &data_rng, inputs, targets, B, T);
@@ -144,6 +145,7 @@ int cmd_pretrain(int argc, char** argv) {
 
         int is_last = step == steps;
         int eval_now = has_val && (is_last || (eval_every > 0 && step % eval_every == 0));
+        if (eval_now) run_control_phase(&control, "eval");
         if (eval_now)
             val_loss = eval_windows_dp(&model, &val_data, Bl, T, (size_t)eval_batches * B, world.par.dp, NULL);
         int ckpt_now = is_last || (ckpt_every > 0 && step % ckpt_every == 0);

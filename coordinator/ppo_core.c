@@ -188,7 +188,7 @@ int ppo_main(const char* cmd, const char* synopsis, int argc, char** argv, const
                 for (int j = 0; j < ro.resp_len[i]; j++) {
                     size_t pos = (size_t)b * T + (size_t)(P - 1 + j);
                     buf.logp_old[i][j] = grid_lp[pos];
-                    run.ops->to_host(row, run.policy.acts.logits + pos * V, (size_t)V * sizeof(float));
+                    gpt_logits_rows(&run.policy, &pos, 1, row); // whole vocab, also under tp
                     ent_sum += rl_entropy(row, V);
                     ntok++;
                 }

@@ -165,6 +165,7 @@ void rl_next_prompts(RLRun* run, const char** out, int n) {
 }
 
 void rl_local_prompts(RLRun* run, int iter, const char** prompts, uint64_t* seeds) {
+    run_control_phase(&run->control, "generate");
     const char** all = mallocCheck((size_t)run->batch * sizeof(char*));
     rl_next_prompts(run, all, run->batch);
     for (int i = 0; i < run->nloc; i++) {
@@ -181,6 +182,7 @@ double rl_global_mean(RLRun* run, double local_mean, double local_weight) {
 void rl_reduce_stats(RLRun* run, RLIterStats* st) {
     Comm* dp = run->world.par.dp;
     if (!dp || dp->size == 1) return;
+    run_control_phase(&run->control, "train");
     const char* old = comm_set_phase(dp, "iteration statistics");
     double n = st->n_seq, nt = st->n_tok;
     double sums[8] = {st->reward * n, st->gold * n, st->kl * n, st->response_len * n, n,
@@ -284,6 +286,7 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
 }
 
 RolloutEval rl_evaluate(RLRun* run) {
+    run_control_phase(&run->control, "eval");
     double t0 = now_seconds();
     RolloutEval ev = {0};
     // each dp rank samples its share of the prompts (prompt i keeps seed + i)

@@ -103,6 +103,11 @@ void run_control_start(RunControl* rc, TrainWorld* w, const Config* cfg, const c
 
 void run_control_phase(RunControl* rc, const char* phase) {
     rc->phase = phase;
+    if (rc->world) { // named in collective timeout errors
+        comm_set_phase(rc->world->par.world, phase);
+        comm_set_phase(rc->world->par.dp, phase);
+        comm_set_phase(rc->world->par.tp, phase);
+    }
     if (rc->server) publish(rc, rc->last_step);
 }
 

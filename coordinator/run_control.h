@@ -56,7 +56,8 @@ void run_control_start(RunControl* rc, TrainWorld* w, const Config* cfg, const c
 // 0) and the tokens the step processed over all ranks. Returns RUN_* bits,
 // the same on every rank.
 unsigned run_control_step(RunControl* rc, long long step, const char* phase, json_t* metrics, double tokens);
-// Publishes a phase change without a step (e.g. "eval", "checkpoint"); rank 0 only, no collective.
+// Names the phase ("train", "eval", "checkpoint", "generate", ...): published
+// on /status (rank 0) and named in collective timeout errors. No collective.
 void run_control_phase(RunControl* rc, const char* phase);
 // Exit code of a stopped run: RLHFD_EXIT_RESUMABLE after a signal, else 0.
 int run_control_exit_code(const RunControl* rc);

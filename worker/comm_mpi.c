@@ -78,9 +78,76 @@ static MPI_Op mpi_op(CommOp op) {
 
 static MPI_Comm mpi_comm_of(const Comm* c) { return *(MPI_Comm*)c->impl; }
 
-// Waits for req until it completes or c->timeout_s passes (then aborts the job).
-// Spins briefly (collectives on one node finish in microseconds), then sleeps
-// in growing steps so a long wait does not burn a core another rank needs.
+enum { TAG_ROLLCALL = 7201, TAG_ROLLCALL_REPLY = 7202 };
+
+// While a rank waits in a collective it answers roll calls: a rank whose
+// wait timed out asks every other rank of the communicator who is alive.
+static void answer_roll_calls(Comm* c) {
+    MPI_Comm mc = *(MPI_Comm*)c->impl;
+    int flag = 1;
+    while (flag) {
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, TAG_ROLLCALL, mc, &flag, &st);
+        if (!flag) break;
+        int ping = 0;
+        MPI_Recv(&ping, 1, MPI_INT, st.MPI_SOURCE, TAG_ROLLCALL, mc, MPI_STATUS_IGNORE);
+        int me = c->rank;
+        MPI_Request r;
+        MPI_Isend(&me, 1, MPI_INT, st.MPI_SOURCE, TAG_ROLLCALL_REPLY, mc, &r);
+        MPI_Request_free(&r);
+    }
+}
+
+// After a timeout: asks every other rank of c who is alive, waits up to 2 s
+// and writes the ranks that did not answer into out.
+static void roll_call(Comm* c, char* out, size_t cap) {
+    MPI_Comm mc = *(MPI_Comm*)c->impl;
+    int n = c->size, ping = 1;
+    int* alive = callocCheck((size_t)n, sizeof(int));
+    int* reply = callocCheck((size_t)n, sizeof(int));
+    MPI_Request* rq = mallocCheck((size_t)n * sizeof(MPI_Request));
+    for (int r = 0; r < n; r++) {
+        rq[r] = MPI_REQUEST_NULL;
+        if (r == c->rank) continue;
+        MPI_Request s;
+        MPI_Isend(&ping, 1, MPI_INT, r, TAG_ROLLCALL, mc, &s);
+        MPI_Request_free(&s);
+        MPI_Irecv(&reply[r], 1, MPI_INT, r, TAG_ROLLCALL_REPLY, mc, &rq[r]);
+    }
+    double t0 = wall_now();
+    while (wall_now() - t0 < 2.0) {
+        answer_roll_calls(c); // others may be calling the roll at the same time
+        for (int r = 0; r < n; r++) {
+            if (r == c->rank || alive[r]) continue;
+            MPI_Test(&rq[r], &alive[r], MPI_STATUS_IGNORE);
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    size_t len = 0;
+    int count = 0;
+    out[0] = '\0';
+    MPI_Group g, gw;
+    MPI_Comm_group(mc, &g);
+    MPI_Comm_group(MPI_COMM_WORLD, &gw);
+    for (int r = 0; r < n; r++) {
+        if (r == c->rank || alive[r] || len + 16 >= cap) continue;
+        int wr = r;
+        MPI_Group_translate_ranks(g, 1, &r, gw, &wr); // name them by world rank
+        len += (size_t)snprintf(out + len, cap - len, "%srank %d", count++ ? ", " : "", wr);
+    }
+    MPI_Group_free(&g);
+    MPI_Group_free(&gw);
+    if (!count) snprintf(out, cap, "none (every rank answered: a rank may be waiting on another communicator)");
+    free(alive);
+    free(reply);
+    free(rq); // requests still pending are abandoned: the job is aborting
+}
+
+// Waits for req until it completes or c->timeout_s passes (then aborts the job
+// naming the ranks that no longer answer). Spins briefly (collectives on one
+// node finish in microseconds), then sleeps in growing steps so a long wait
+// does not burn a core another rank needs.
 static void wait_request(Comm* c, MPI_Request* req, const char* what, size_t bytes) {
     double t0 = wall_now();
     int done = 0, spins = 0;
@@ -94,13 +161,16 @@ static void wait_request(Comm* c, MPI_Request* req, const char* what, size_t byt
         }
         if (done) break;
         if (++spins < 2000) continue;
+        answer_roll_calls(c);
         double waited = wall_now() - t0;
         if (c->timeout_s > 0 && waited > c->timeout_s) {
+            char missing[512];
+            roll_call(c, missing, sizeof missing);
             fprintf(stderr,
-                    "rlhfd: rank %d: %s on communicator '%s' (%d ranks) timed out after %.0f s in phase '%s': "
-                    "another rank stopped answering (died, hung or is far slower); aborting the job "
+                    "rlhfd: rank %d: %s on communicator '%s' (%d ranks) timed out after %.0f s in phase '%s'; "
+                    "not answering: %s (died, hung or far slower); aborting the job "
                     "(parallel.timeout sets this limit)\n",
-                    c->world_rank, what, c->name, c->size, waited, c->phase ? c->phase : "?");
+                    c->world_rank, what, c->name, c->size, waited, c->phase ? c->phase : "?", missing);
             fflush(stderr);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
@@ -266,44 +336,95 @@ void parallel_share(size_t n, int r, int dp_size, size_t* begin, size_t* end) {
 
 // ---- control plane
 
+// Rank 0 waits for one message from every other rank; on the deadline it
+// names the ranks that never arrived (a gather would not say which).
+static void wait_from_ranks(Comm* c, MPI_Request* reqs, int n, const char* what, size_t bytes) {
+    double t0 = wall_now();
+    long sleep_ns = 1000;
+    int spins = 0;
+    while (1) {
+        int all = 0;
+        if (MPI_Testall(n, reqs, &all, MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+            fprintf(stderr, "rlhfd: rank %d: MPI %s on '%s' failed (phase %s)\n", c->world_rank, what, c->name,
+                    c->phase ? c->phase : "?");
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        if (all) break;
+        if (++spins < 2000) continue;
+        answer_roll_calls(c);
+        double waited = wall_now() - t0;
+        if (c->timeout_s > 0 && waited > c->timeout_s) {
+            char missing[512] = "";
+            size_t len = 0;
+            int count = 0;
+            for (int i = 0; i < n; i++) {
+                int done = 0;
+                MPI_Request_get_status(reqs[i], &done, MPI_STATUS_IGNORE);
+                if (done || reqs[i] == MPI_REQUEST_NULL) continue;
+                if (count++ < 16 && len < sizeof missing - 16)
+                    len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%d", count > 1 ? ", " : "", i);
+            }
+            fprintf(stderr,
+                    "rlhfd: rank %d (coordinator): rank(s) %s of communicator '%s' sent no %s within %.0f s in phase "
+                    "'%s': they died, hung or are far slower; aborting the job (parallel.timeout sets this limit)\n",
+                    c->world_rank, missing, c->name, what, waited, c->phase ? c->phase : "?");
+            fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        struct timespec ts = {0, sleep_ns};
+        nanosleep(&ts, NULL);
+        if (sleep_ns < 2000000) sleep_ns *= 2;
+    }
+    c->wait_seconds += wall_now() - t0;
+    c->bytes += bytes;
+}
+
+enum { TAG_GATHER_LEN = 7101, TAG_GATHER_DATA = 7102 };
+
 void comm_gather_bytes(Comm* c, const void* buf, size_t len, int root, uint8_t*** out, size_t** lens) {
     *out = NULL;
     *lens = NULL;
     if (len > (size_t)0x7fffffff) fatalf("comm_gather_bytes: message of %zu bytes is too large", len);
-    int n = c->size;
-    int mylen = (int)len;
-    int* all = c->rank == root ? mallocCheck((size_t)n * sizeof(int)) : NULL;
-    MPI_Request req;
-    MPI_Igather(&mylen, 1, MPI_INT, all, 1, MPI_INT, root, mpi_comm_of(c), &req);
-    wait_request(c, &req, "gather (lengths)", sizeof(int));
-    int* displs = NULL;
-    uint8_t* flat = NULL;
-    if (c->rank == root) {
-        displs = mallocCheck((size_t)n * sizeof(int));
-        size_t total = 0;
-        for (int i = 0; i < n; i++) {
-            if (all[i] < 0 || total + (size_t)all[i] > (size_t)0x7fffffff) fatalf("comm_gather_bytes: bad lengths");
-            displs[i] = (int)total;
-            total += (size_t)all[i];
-        }
-        flat = mallocCheck(total ? total : 1);
+    const int n = c->size;
+    MPI_Comm mc = mpi_comm_of(c);
+    if (c->rank != root) {
+        // point to point, so the root can tell exactly which rank is missing
+        int64_t mylen = (int64_t)len;
+        MPI_Request req[2];
+        MPI_Isend(&mylen, 1, MPI_INT64_T, root, TAG_GATHER_LEN, mc, &req[0]);
+        MPI_Isend(buf, (int)len, MPI_BYTE, root, TAG_GATHER_DATA, mc, &req[1]);
+        wait_from_ranks(c, req, 2, "report (send)", len);
+        return;
     }
-    MPI_Igatherv(buf, mylen, MPI_BYTE, flat, all, displs, MPI_BYTE, root, mpi_comm_of(c), &req);
-    wait_request(c, &req, "gather", len);
-    if (c->rank == root) {
-        uint8_t** msgs = mallocCheck((size_t)n * sizeof(uint8_t*));
-        size_t* ls = mallocCheck((size_t)n * sizeof(size_t));
-        for (int i = 0; i < n; i++) {
-            ls[i] = (size_t)all[i];
-            msgs[i] = mallocCheck(ls[i] ? ls[i] : 1);
-            memcpy(msgs[i], flat + displs[i], ls[i]);
+    int64_t* all = callocCheck((size_t)n, sizeof(int64_t));
+    MPI_Request* reqs = mallocCheck((size_t)n * sizeof(MPI_Request));
+    for (int r = 0; r < n; r++) {
+        if (r == root) {
+            reqs[r] = MPI_REQUEST_NULL;
+            all[r] = (int64_t)len;
+            continue;
         }
-        *out = msgs;
-        *lens = ls;
-        free(all);
-        free(displs);
-        free(flat);
+        MPI_Irecv(&all[r], 1, MPI_INT64_T, r, TAG_GATHER_LEN, mc, &reqs[r]);
     }
+    wait_from_ranks(c, reqs, n, "report", (size_t)n * sizeof(int64_t));
+    uint8_t** msgs = mallocCheck((size_t)n * sizeof(uint8_t*));
+    size_t* ls = mallocCheck((size_t)n * sizeof(size_t));
+    for (int r = 0; r < n; r++) {
+        if (all[r] < 0 || all[r] > 0x7fffffff) fatalf("comm_gather_bytes: rank %d sent a bad length %lld", r, (long long)all[r]);
+        ls[r] = (size_t)all[r];
+        msgs[r] = mallocCheck(ls[r] ? ls[r] : 1);
+        if (r == root) {
+            memcpy(msgs[r], buf, len);
+            reqs[r] = MPI_REQUEST_NULL;
+        } else {
+            MPI_Irecv(msgs[r], (int)ls[r], MPI_BYTE, r, TAG_GATHER_DATA, mc, &reqs[r]);
+        }
+    }
+    wait_from_ranks(c, reqs, n, "report", 0);
+    free(all);
+    free(reqs);
+    *out = msgs;
+    *lens = ls;
 }
 
 void comm_broadcast_bytes(Comm* c, uint8_t** buf, size_t* len, int root) {
