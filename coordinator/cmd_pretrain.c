@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include "commands.h"
 #include "run_control.h"
+#include "run_state.h"
 #include "train_util.h"
 #include "../common/args.h"
 #include "../common/check.h"
@@ -54,10 +55,18 @@ int cmd_pretrain(int argc, char** argv) {
     const int root = world.is_root;
     int stopped = 0; // a graceful stop (POST /stop, SIGTERM/SIGUSR1) after a checkpoint
 
+    // ---- resume: the model, AdamW state, step, data RNG and metrics from a checkpoint
+    char resume_ckpt[4096] = "";
+    const int resuming = train_resume_resolve(world.par.world, cli.resume, config_str(cfg, "run.dir"), resume_ckpt,
+                                              sizeof resume_ckpt);
+    RunState rs;
+    run_state_init(&rs);
+    if (resuming) run_state_load(&rs, resume_ckpt);
+
     // ---- model
     GPT model;
     memset(&model, 0, sizeof model);
-    const char* init = config_str(cfg, "model.init");
+    const char* init = resuming ? resume_ckpt : config_str(cfg, "model.init");
     if (init[0]) {
         json_t* init_state = NULL;
         model_load(&model, init, ops, &init_state);
@@ -93,7 +102,14 @@ int cmd_pretrain(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = root ? run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path) : NULL;
+    FILE* metrics = NULL;
+    if (root && resuming) {
+        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
+        run_state_rewind_metrics(&rs, metrics_path); // cut back to the checkpoint's step
+        metrics = run_dir_reopen(run_dir, cfg, metrics_path, sizeof metrics_path);
+    } else if (root) {
+        metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
+    }
 
     if (root) fprintf(stderr,
             "pretrain: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | B=%d T=%d steps=%d | "
@@ -122,9 +138,21 @@ int cmd_pretrain(int argc, char** argv) {
     const double t_start = now_seconds();
     double train_seconds = 0.0, loss = 0.0, val_loss = NAN;
     size_t tokens = 0;
+    int first_step = 1;
+    if (resuming) { // continue exactly where the checkpoint's step ended
+        checkpoint_load_optimizer(&model, resume_ckpt);
+        dp_scatter_optimizer(&world.dp, &model);
+        first_step = (int)run_state_get_i64(&rs, "step") + 1;
+        run_state_get_rng(&rs, "rng.data", &data_rng);
+        tokens = (size_t)run_state_get_i64(&rs, "tokens");
+        train_seconds = run_state_get_f64(&rs, "train_seconds");
+        loss = run_state_get_f64(&rs, "loss");
+        val_loss = run_state_get_f64(&rs, "val_loss");
+    }
+    run_state_free(&rs);
     char ckpt_path[4200] = "";
-    for (int step = 1; step <= steps; step++) {
-        double t0 = now_seconds();
+    for (int step = first_step; step <= steps; step++) {
+        double t0 = now_seconds(), comm0 = train_world_comm_seconds(&world);
         run_control_phase(&control, "train");
         // every rank draws the same global batch and takes its rows: the
         // run is the same at any dp size
@@ -158,6 +186,7 @@ int cmd_pretrain(int argc, char** argv) {
         json_object_set_new(row, "tokens", json_integer((json_int_t)tokens));
         if (eval_now) json_object_set_new(row, "val_loss", json_real(val_loss));
         json_object_set_new(row, "ms", json_real(dt * 1e3));
+        json_object_set_new(row, "comm_ms", json_real((train_world_comm_seconds(&world) - comm0) * 1e3));
         json_object_set_new(row, "tokens_per_s", json_real(dt > 0 ? B * T / dt : 0.0));
         if (root) {
             write_json_line(metrics, row);
@@ -180,9 +209,27 @@ int cmd_pretrain(int argc, char** argv) {
         if (ckpt_now) {
             run_control_phase(&control, "checkpoint");
             dp_gather_optimizer(&world.dp, &model); // collective (ZeRO-1)
-            if (root)
-                train_checkpoint_save(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens,
-                                      ckpt_path, sizeof ckpt_path);
+            RunState save;
+            run_state_init(&save);
+            char err[512];
+            int ok = 1;
+            if (root) { // what the next step needs beyond the weights and AdamW state
+                run_state_put_i64(&save, "step", step);
+                run_state_put_rng(&save, "rng.data", &data_rng);
+                run_state_put_i64(&save, "tokens", (int64_t)tokens);
+                run_state_put_f64(&save, "train_seconds", train_seconds);
+                run_state_put_f64(&save, "loss", loss);
+                run_state_put_f64(&save, "val_loss", val_loss);
+                if (run_state_put_metrics(&save, metrics_path, metrics, err, sizeof err) != 0) {
+                    fprintf(stderr, "rlhfd: warning: checkpoint of step %d skipped: %s\n", step, err);
+                    ok = 0;
+                }
+            }
+            comm_broadcast(world.par.world, &ok, 1, COMM_I32, 0);
+            if (ok && world.par.dp_rank == 0) // the model's ranks gather; rank 0 writes
+                train_checkpoint_try(&model, cfg, run_dir, "pretrain", step, loss, val_loss, tokens, NULL,
+                                     root ? &save : NULL, ckpt_path, sizeof ckpt_path);
+            run_state_free(&save);
             dp_scatter_optimizer(&world.dp, &model);
         }
         if (stopped) {

@@ -261,6 +261,9 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
     json_object_set_new(row, "t_score", json_real(st->t_score));
     json_object_set_new(row, "t_logprobs", json_real(st->t_logprobs));
     json_object_set_new(row, "t_train", json_real(st->t_train));
+    double comm = train_world_comm_seconds(&run->world); // time in collectives since the last row
+    json_object_set_new(row, "t_comm", json_real(comm - run->comm_seconds));
+    run->comm_seconds = comm;
     json_object_set_new(row, "rollout_tokens_per_s",
                         json_real(st->t_generate > 0 ? (double)st->rollout_tokens / st->t_generate : 0.0));
     if (run->world.is_root) {

@@ -66,6 +66,7 @@ typedef struct {
     RunControl control;
     int stop;             // a graceful stop was decided (POST /stop, SIGTERM/SIGUSR1): leave the loop
     int iter_done;        // iterations completed (the final checkpoint's number)
+    double comm_seconds;  // time in collectives up to the last metrics row
 } RLRun;
 
 // Parses --config FILE --set K=V... --model PATH --overwrite --print-config

@@ -1,6 +1,7 @@
 // train_util.c - token data, LR schedule, evaluation, run dirs, timing.
 #define _GNU_SOURCE // nftw FTW_PHYS/FTW_DEPTH
 #include "train_util.h"
+#include "run_state.h"
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
@@ -243,6 +244,67 @@ void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_
     if (keep > 0) run_dir_prune(run_dir, keep);
 }
 
+int train_checkpoint_try(const GPT* model, const Config* cfg, const char* run_dir, const char* kind, int step,
+                         double loss, double val_loss, size_t tokens, json_t* state_extra, void* run_state,
+                         char* path, size_t cap) {
+    snprintf(path, cap, "%s/ckpt-%08d", run_dir, step);
+    json_t* state = json_object();
+    json_object_set_new(state, "kind", json_string(kind));
+    json_object_set_new(state, "step", json_integer(step));
+    json_object_set_new(state, "tokens", json_integer((json_int_t)tokens));
+    json_object_set_new(state, "loss", json_real(loss));
+    if (!isnan(val_loss)) json_object_set_new(state, "val_loss", json_real(val_loss));
+    if (state_extra) json_object_update(state, state_extra);
+    json_object_set_new(state, "config", config_to_json(cfg));
+    CheckpointSaveOptions o = {.state = state, .with_optimizer = 1};
+    if (run_state) run_state_attach((RunState*)run_state, &o);
+    char err[1024];
+    int rc = checkpoint_try_save(model, path, &o, err, sizeof err);
+    json_decref(state);
+    if (comm_mpi_world_rank() != 0) return rc;
+    if (rc != 0) {
+        fprintf(stderr, "rlhfd: warning: checkpoint of step %d not written: %s (the previous checkpoints stay "
+                        "valid; training goes on)\n", step, err);
+        path[0] = '\0';
+        return -1;
+    }
+    int keep = config_int(cfg, "train.keep_checkpoints");
+    if (keep > 0) run_dir_prune(run_dir, keep);
+    return 0;
+}
+
+int train_resume_resolve(Comm* world, const char* spec, const char* run_dir, char* ckpt, size_t cap) {
+    uint8_t* buf = NULL;
+    size_t len = 0;
+    if (!world || world->rank == 0) {
+        int found = resume_resolve(spec, run_dir, ckpt, cap);
+        if (!found) ckpt[0] = '\0';
+        len = strlen(ckpt) + 1;
+        buf = (uint8_t*)ckpt;
+    }
+    if (world && world->size > 1) {
+        comm_broadcast_bytes(world, &buf, &len, 0);
+        if (world->rank != 0) {
+            snprintf(ckpt, cap, "%s", (char*)buf);
+            free(buf);
+        }
+    }
+    if (ckpt[0] && comm_mpi_world_rank() == 0) fprintf(stderr, "resuming from %s\n", ckpt);
+    return ckpt[0] != '\0';
+}
+
+FILE* run_dir_reopen(const char* run_dir, const Config* cfg, char* metrics_path, size_t cap) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    json_t* j = config_to_json(cfg);
+    if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) fatalf("cannot write '%s'", path);
+    json_decref(j);
+    snprintf(metrics_path, cap, "%s/metrics.jsonl", run_dir);
+    FILE* metrics = fopen(metrics_path, "a");
+    if (!metrics) fatalf("cannot append to '%s': %s", metrics_path, strerror(errno));
+    return metrics;
+}
+
 // ----------------------------------------------------------------------------
 // model shape <-> config
 
@@ -316,6 +378,9 @@ Config* train_cli_config(const char* cmd, const char* synopsis, const char* mode
         {"set", ARG_MULTI, &cli->sets, "KEY=VALUE: override a key, e.g. train.lr=1e-3 (repeatable)"},
         {"model", ARG_STR, &cli->model_path, model_help},
         {"overwrite", ARG_FLAG, &cli->overwrite, "clear old checkpoints and metrics from run.dir first"},
+        {"resume", ARG_STR, &cli->resume,
+         "auto|CKPT|RUN_DIR: continue exactly from a checkpoint (auto: the newest valid one of run.dir, "
+         "or start fresh when there is none)"},
         {"print-config", ARG_FLAG, &print_config, "print the effective config (with origins) and exit"},
         {"help-config", ARG_FLAG, &help_config, "list every config key: type, default, doc"},
         {"skip-bad", ARG_FLAG, &cli->skip_bad, "skip (and count) bad or too long records instead of failing"},
@@ -380,6 +445,14 @@ void train_world_share(const TrainWorld* w, int global, const char* what, int* b
     parallel_share((size_t)global, w->par.dp_rank, w->par.dp_size, &b, &e);
     *begin = (int)b;
     *count = (int)(e - b);
+}
+
+double train_world_comm_seconds(const TrainWorld* w) {
+    double s = 0.0;
+    if (w->par.world) s += w->par.world->wait_seconds;
+    if (w->par.dp) s += w->par.dp->wait_seconds;
+    if (w->par.tp) s += w->par.tp->wait_seconds;
+    return s;
 }
 
 double train_world_mean(const TrainWorld* w, double local_mean, double local_weight) {

@@ -76,6 +76,23 @@ void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_
                            const char* kind, int step, double loss, double val_loss,
                            size_t tokens, char* path, size_t cap);
 
+// Like train_checkpoint_save, for exact resume and for runs that must not
+// die on a full disk: run state rs (may be NULL: run_state.h) is stored in
+// the checkpoint, state_extra's fields (may be NULL, not stolen) are added to
+// state.json, and a failed write is a warning (the previous checkpoints stay
+// valid) with the reason. Under tensor parallelism every rank of the model
+// calls; world rank 0 writes and prunes. Returns 0, or -1 when not written.
+int train_checkpoint_try(const GPT* model, const Config* cfg, const char* run_dir, const char* kind, int step,
+                         double loss, double val_loss, size_t tokens, json_t* state_extra, void* run_state,
+                         char* path, size_t cap);
+// --resume: "auto" (the newest valid checkpoint of run_dir, or a fresh start),
+// "none"/NULL, a checkpoint dir or a run dir. Rank 0 decides and broadcasts
+// (collective over the world). 1 with the checkpoint in ckpt, or 0: fresh.
+int train_resume_resolve(Comm* world, const char* spec, const char* run_dir, char* ckpt, size_t cap);
+// Opens an existing run's metrics.jsonl for appending (after the run state
+// cut it back to the checkpoint) and rewrites config.json. Fatal on error.
+FILE* run_dir_reopen(const char* run_dir, const Config* cfg, char* metrics_path, size_t cap);
+
 // ---- model shape <-> config (model.layers, .heads, .embd, .vocab, .ctx)
 
 // The shape the model.* keys describe.
@@ -107,6 +124,7 @@ AdamWConfig config_adamw(const Config* cfg);
 typedef struct {
     const char* config_path;
     const char* model_path;
+    const char* resume;   // --resume auto|none|CKPT|RUN_DIR (NULL: none)
     ArgList sets;
     int overwrite, skip_bad;
 } TrainCli;
@@ -132,5 +150,8 @@ void train_world_free(TrainWorld* w);
 // This dp rank's rows [*begin, *begin + *count) of a global batch of `global`
 // rows (`what` names the config key in the error when global < dp ranks).
 void train_world_share(const TrainWorld* w, int global, const char* what, int* begin, int* count);
+// Seconds this rank has spent inside collectives so far (world + dp + tp):
+// the communication share of a step is the difference over the step.
+double train_world_comm_seconds(const TrainWorld* w);
 // The weighted mean over the dp group of per-rank means (collective).
 double train_world_mean(const TrainWorld* w, double local_mean, double local_weight);
