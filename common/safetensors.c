@@ -1,4 +1,5 @@
 // safetensors.c - see safetensors.h for the format.
+#define _GNU_SOURCE // strerrorname_np
 #include "safetensors.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -261,11 +262,16 @@ void st_read_f32(const StFile* f, const StTensor* t, float* dst) {
            t->name, t->dtype_name);
 }
 
-static void write_all(FILE* fp, const void* p, size_t n, const char* path) {
-    if (n && fwrite(p, 1, n, fp) != n) fatalf("%s: write failed: %s", path, strerror(errno));
+// "PATH: what: strerror (ENAME)" into err; the errno name makes ENOSPC,
+// EFBIG and EACCES easy to tell apart in a log.
+static int write_error(char* err, size_t errlen, const char* path, const char* what, int e) {
+    const char* name = strerrorname_np(e);
+    snprintf(err, errlen, "%s: %s: %s (%s)", path, what, strerror(e), name ? name : "?");
+    return -1;
 }
 
-void st_write(const char* path, const StWriteTensor* tensors, int n, json_t* metadata) {
+int st_write_try(const char* path, const StWriteTensor* tensors, int n, json_t* metadata, char* err,
+                 size_t errlen) {
     json_t* header = json_object();
     if (metadata) json_object_set(header, "__metadata__", metadata);
     uint64_t offset = 0;
@@ -282,7 +288,12 @@ void st_write(const char* path, const StWriteTensor* tensors, int n, json_t* met
                                   "data_offsets", (json_int_t)offset,
                                   (json_int_t)(offset + numel * 4));
         assertCheck(entry != NULL);
-        if (json_object_get(header, t->name)) fatalf("%s: duplicate tensor name '%s'", path, t->name);
+        if (json_object_get(header, t->name)) {
+            json_decref(entry);
+            json_decref(header);
+            snprintf(err, errlen, "%s: duplicate tensor name '%s'", path, t->name);
+            return -1;
+        }
         json_object_set_new(header, t->name, entry);
         offset += numel * 4;
     }
@@ -295,16 +306,30 @@ void st_write(const char* path, const StWriteTensor* tensors, int n, json_t* met
     uint64_t header_len = padded;
 
     FILE* fp = fopen(path, "wb");
-    if (!fp) fatalf("%s: cannot create: %s", path, strerror(errno));
-    write_all(fp, &header_len, 8, path);
-    write_all(fp, text, text_len, path);
-    write_all(fp, "        ", padded - text_len, path);
+    if (!fp) {
+        free(text);
+        return write_error(err, errlen, path, "cannot create", errno);
+    }
+    // fwrite buffers: a full disk may only show at a later fwrite or at fflush.
+    int ok = fwrite(&header_len, 1, 8, fp) == 8 && fwrite(text, 1, text_len, fp) == text_len &&
+             fwrite("        ", 1, padded - text_len, fp) == padded - text_len;
     free(text);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; ok && i < n; i++) {
         size_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d];
-        write_all(fp, tensors[i].data, numel * 4, path);
+        if (numel && fwrite(tensors[i].data, 4, numel, fp) != numel) ok = 0;
     }
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) fatalf("%s: write failed: %s", path, strerror(errno));
-    if (fclose(fp) != 0) fatalf("%s: write failed: %s", path, strerror(errno));
+    if (ok && (fflush(fp) != 0 || fsync(fileno(fp)) != 0)) ok = 0;
+    int e = errno;
+    if (fclose(fp) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) return write_error(err, errlen, path, "write failed", e ? e : EIO);
+    return 0;
+}
+
+void st_write(const char* path, const StWriteTensor* tensors, int n, json_t* metadata) {
+    char err[1024];
+    if (st_write_try(path, tensors, n, metadata, err, sizeof err) != 0) fatalf("%s", err);
 }

@@ -65,3 +65,7 @@ typedef struct {
 // Writes tensors (in the given order) to path and fsyncs it. metadata may be
 // NULL; otherwise an object of string values. Fatal (naming path) on I/O errors.
 void st_write(const char* path, const StWriteTensor* tensors, int n, json_t* metadata);
+// st_write without exiting: 0, or -1 with "PATH: what: reason (ENAME)" in err
+// (e.g. ENOSPC, EFBIG, EACCES); a partial file may remain at path.
+int st_write_try(const char* path, const StWriteTensor* tensors, int n, json_t* metadata, char* err,
+                 size_t errlen);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything rlhfd needs on Debian 12, idempotently.
 #   deploy/install-deps.sh          build + test dependencies, tokenizer files
+#   deploy/install-deps.sh --with-slurm   also Slurm + munge, for the local
+#                                   cluster of tests/slurm (deploy/slurm/local-up.sh)
 # Needs root for apt (skipped when every package is already present).
 # Tokenizer and reference files go to $RLHFD_DATA (default: <repo>/data/dl).
 set -euo pipefail
@@ -11,6 +13,13 @@ pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev lib
       libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler libuv1-dev
       libhttp-parser-dev libutf8proc-dev zlib1g-dev socat netcat-openbsd curl
       python3-torch python3-numpy gnuplot-nox)
+slurm_pkgs=(slurmctld slurmd slurm-client munge)
+for arg in "$@"; do
+  case "$arg" in
+    --with-slurm) pkgs+=("${slurm_pkgs[@]}") ;;
+    *) echo "install-deps: unknown option '$arg' (--with-slurm)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

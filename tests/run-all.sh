@@ -10,7 +10,7 @@ cd "$root"
 jobs=$(nproc)
 
 echo "== dependencies"
-bash deploy/install-deps.sh
+bash deploy/install-deps.sh --with-slurm   # Slurm: tests/slurm (a local cluster)
 echo "== data"
 bash deploy/fetch-data.sh "$root/data/dl"
 
@@ -28,6 +28,7 @@ if [ "${RLHFD_SKIP_ASAN:-0}" != 1 ]; then
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build build-asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  LSAN_OPTIONS=suppressions="$root/tests/lsan.supp":print_suppressions=0 \
     ctest --test-dir build-asan --output-on-failure -j"$jobs" --timeout 1800 -LE nosan
 fi
 echo "== all tests passed"
