@@ -99,11 +99,11 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"ilql.gamma", CONFIG_FLOAT, "0.99", 0, 1, "ILQL: discount of the Bellman target Q(s,a) <- r + gamma V(s')"},
     {"ilql.tau", CONFIG_FLOAT, "0.7", 0.5, 0.999999, "ILQL: expectile of the V regression (0.5 = the mean of Q; closer to 1 = its max)"},
     {"ilql.cql_weight", CONFIG_FLOAT, "0.1", 0, NOLIM, "ILQL: weight of the CQL term (cross-entropy of the Q logits vs the action taken)"},
-    {"ilql.awac_weight", CONFIG_FLOAT, "1.0", 0, NOLIM, "ILQL: weight of the LM (AWAC) loss on the data's responses"},
+    {"ilql.awac_weight", CONFIG_FLOAT, "0.1", 0, NOLIM, "ILQL: weight of the LM (AWAC) loss on the data's responses (trlx: 1; lower leaves the trunk room to learn the Q features)"},
     {"ilql.alpha", CONFIG_FLOAT, "0.1", 0, 1, "ILQL: Polyak rate of the target Q heads per step (target <- alpha*Q + (1-alpha)*target)"},
     {"ilql.beta", CONFIG_FLOAT, "1.0", 0, NOLIM, "ILQL: decoding samples from logits + beta*(Q - V) (target Q heads; 0 = the LM alone)"},
     {"ilql.head_lr", CONFIG_FLOAT, "0", 0, 10, "ILQL: learning rate of the Q and V heads (same schedule as train.lr); 0 = train.lr"},
-    {"ilql.init_std", CONFIG_FLOAT, "0.002", 0, 10, "ILQL: std of the random init of the Q heads' weights (biases and the V head start at 0)"},
+    {"ilql.init_std", CONFIG_FLOAT, "0.05", 0, 10, "ILQL: std of the random init of the Q heads' weights (biases and the V head start at 0)"},
     // policy gradient (rlhfd pg), GRPO / RLOO (rlhfd grpo, rlhfd rloo), Quark (rlhfd quark)
     {"pg.baseline_decay", CONFIG_FLOAT, "0.9", 0, 0.999999, "REINFORCE baseline: moving average of the batch-mean reward with this decay; 0 = the batch mean"},
     {"pg.epochs", CONFIG_INT, "1", 1, 1000, "REINFORCE gradient steps on each iteration's samples"},
@@ -118,6 +118,8 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"quark.log_rows", CONFIG_BOOL, "false", 0, 0, "Quark: write every training row's tokens and bin to RUN_DIR/quark_rows.jsonl (tests)"},
     // outputs
     {"run.dir", CONFIG_STR, "runs/pretrain", 0, 0, "run directory: metrics.jsonl, ckpt-NNNNNNNN/"},
+    {"run.device", CONFIG_STR, "cpu", 0, 0, "compute backend: cpu (OpenBLAS + OpenMP) or cuda (this rank's GPU; one process for now)"},
+    {"run.precision", CONFIG_STR, "fp32", 0, 0, "matmul precision on cuda: fp32 (exact) or bf16 (bf16 inputs, fp32 accumulate and master weights); cpu is always fp32"},
     {"status.socket", CONFIG_STR, "", 0, 0, "status socket path (HTTP on a Unix socket, mode 0600); empty = RUN_DIR/status.sock; none = no socket"},
     {"status.listen", CONFIG_STR, "", 0, 0, "also serve status over TCP at HOST:PORT (loopback unless status.token is set); empty = no TCP"},
     {"status.token", CONFIG_STR, "", 0, 0, "bearer token for the TCP listener (control actions over TCP always need it)"},

@@ -6,6 +6,7 @@
 // that is fatal or counts them (skip_bad).
 #include "hfdata.h"
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,26 @@ static int parse_demo(const json_t* obj, void* item, char* err, size_t errlen) {
         free(d->prompt);
         return -1;
     }
+    return 0;
+}
+
+static int parse_scored(const json_t* obj, void* item, char* err, size_t errlen) {
+    HfScored* d = item;
+    memset(d, 0, sizeof *d);
+    if (string_field(obj, "prompt", &d->prompt, err, errlen)) return -1;
+    if (string_field(obj, "response", &d->response, err, errlen)) {
+        free(d->prompt);
+        return -1;
+    }
+    const json_t* r = json_object_get(obj, "reward");
+    if (r && !(json_is_number(r) && isfinite(json_number_value(r)))) {
+        snprintf(err, errlen, "field \"reward\" must be a finite number, got %s", json_type_name(r));
+        free(d->prompt);
+        free(d->response);
+        return -1;
+    }
+    d->has_reward = r != NULL;
+    d->reward = r ? json_number_value(r) : 0.0;
     return 0;
 }
 
@@ -295,6 +316,23 @@ HfRanking* hf_read_rankings(const char* path, int skip_bad, size_t* n, size_t* s
     for (size_t i = 0; i < *n; i++) r[i].line = lines[i];
     free(lines);
     return r;
+}
+
+HfScored* hf_read_scored(const char* path, int skip_bad, size_t* n, size_t* skipped) {
+    int* lines = NULL;
+    HfScored* d = read_records(path, skip_bad, sizeof(HfScored), parse_scored, n, skipped, &lines);
+    for (size_t i = 0; i < *n; i++) d[i].line = lines[i];
+    free(lines);
+    return d;
+}
+
+void hf_free_scored(HfScored* s, size_t n) {
+    if (!s) return;
+    for (size_t i = 0; i < n; i++) {
+        free(s[i].prompt);
+        free(s[i].response);
+    }
+    free(s);
 }
 
 void hf_free_prompts(char** p, size_t n) {

@@ -30,6 +30,16 @@ typedef struct {
     int line; // 1-based line in the file
 } HfDemo;
 
+// A scored sample {"prompt", "response", "reward"} (offline RL: ILQL); the
+// reward is optional (has_reward 0: the caller scores it).
+typedef struct {
+    char* prompt;
+    char* response;
+    double reward;
+    int has_reward;
+    int line;
+} HfScored;
+
 typedef struct {
     char* prompt;
     int k;            // number of responses, >= 2
@@ -43,9 +53,12 @@ char** hf_read_prompts(const char* path, int skip_bad, size_t* n, size_t* skippe
 char** hf_read_prompts_lines(const char* path, int skip_bad, size_t* n, size_t* skipped, int** lines);
 HfDemo* hf_read_demos(const char* path, int skip_bad, size_t* n, size_t* skipped);
 HfRanking* hf_read_rankings(const char* path, int skip_bad, size_t* n, size_t* skipped);
+// "reward", when present, must be a finite number.
+HfScored* hf_read_scored(const char* path, int skip_bad, size_t* n, size_t* skipped);
 void hf_free_prompts(char** p, size_t n);
 void hf_free_demos(HfDemo* d, size_t n);
 void hf_free_rankings(HfRanking* r, size_t n);
+void hf_free_scored(HfScored* s, size_t n);
 
 // The pair's tokens by the convention above: malloc'd (*len) ids,
 // *prompt_len of which are the prompt's (the rest: response, then eot).

@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "coordinator/commands.h"
+#include "coordinator/train_util.h"
 #include "worker/generate.h"
 #include "worker/gpt.h"
 
@@ -39,12 +40,15 @@ static double train_flops(const GPTConfig* c, int B, int T) {
 typedef struct {
     int layers, heads, embd, vocab, ctx, batch, seq, steps, threads, new_tokens, size;
     uint64_t seed;
+    const char* device;    // cpu | cuda
+    const char* precision; // fp32 | bf16 (cuda matmuls)
+    const Ops* ops;
 } BenchArgs;
 
 static void build_random_model(GPT* m, const BenchArgs* a) {
     GPTConfig cfg = {.max_seq_len = a->ctx, .vocab_size = a->vocab, .num_layers = a->layers,
                      .num_heads = a->heads, .channels = a->embd};
-    gpt_build(m, cfg, ops_cpu());
+    gpt_build(m, cfg, a->ops);
     gpt_init_random(m, a->seed);
 }
 
@@ -74,6 +78,8 @@ static int bench_train(const BenchArgs* a) {
         gpt_backward(&m);
         double t2 = now_ms();
         gpt_update(&m, &opt);
+        float probe; // waits for the device's queued work (AdamW) before the clock is read
+        m.ops->to_host(&probe, m.params_memory, sizeof probe);
         double t3 = now_ms();
         ms[s] = t3 - t0;
         if (s > 0) { fwd_ms += t1 - t0; bwd_ms += t2 - t1; upd_ms += t3 - t2; }
@@ -82,10 +88,10 @@ static int bench_train(const BenchArgs* a) {
     }
     double med = median(ms + 1, a->steps);
     double gflops = train_flops(&m.config, B, T) / (med * 1e6);
-    printf("{\"bench\": \"train\", \"params\": %zu, \"batch\": %d, \"seq\": %d, \"threads\": %d, "
+    printf("{\"bench\": \"train\", \"device\": \"%s\", \"precision\": \"%s\", \"params\": %zu, \"batch\": %d, \"seq\": %d, \"threads\": %d, "
            "\"ms_per_step\": %.2f, \"fwd_ms\": %.2f, \"bwd_ms\": %.2f, \"update_ms\": %.2f, "
            "\"tokens_per_s\": %.1f, \"gflops\": %.1f}\n",
-           m.num_parameters, B, T, ops_cpu_threads(), med, fwd_ms / a->steps, bwd_ms / a->steps,
+           a->device, a->precision, m.num_parameters, B, T, ops_cpu_threads(), med, fwd_ms / a->steps, bwd_ms / a->steps,
            upd_ms / a->steps, B * T / (med / 1e3), gflops);
     free(ms);
     free(inputs);
@@ -127,9 +133,9 @@ static int bench_generate(const BenchArgs* a) {
         fprintf(stderr, "run %d/%d: %ld tokens in %.1f ms%s\n", r, runs, generated, ms[r], r == 0 ? " [warm-up]" : "");
     }
     double med = median(ms + 1, runs);
-    printf("{\"bench\": \"generate\", \"params\": %zu, \"batch\": %d, \"new_tokens\": %d, \"threads\": %d, "
+    printf("{\"bench\": \"generate\", \"device\": \"%s\", \"precision\": \"%s\", \"params\": %zu, \"batch\": %d, \"new_tokens\": %d, \"threads\": %d, "
            "\"ms\": %.2f, \"tokens_per_s\": %.1f}\n",
-           m.num_parameters, B, a->new_tokens, ops_cpu_threads(), med, generated / (med / 1e3));
+           a->device, a->precision, m.num_parameters, B, a->new_tokens, ops_cpu_threads(), med, generated / (med / 1e3));
     for (int b = 0; b < B; b++) free(prompts[b]);
     free(prompts);
     free(lens);
@@ -171,7 +177,8 @@ int cmd_bench(int argc, char** argv) {
     }
     const char* what = argv[1];
     BenchArgs a = {.layers = 12, .heads = 12, .embd = 768, .vocab = 50257, .ctx = 1024, .batch = 4, .seq = 64,
-                   .steps = 5, .threads = 0, .new_tokens = 64, .size = 2048, .seed = 1337};
+                   .steps = 5, .threads = 0, .new_tokens = 64, .size = 2048, .seed = 1337, .device = "cpu",
+                   .precision = "fp32"};
     ArgSpec specs[] = {
         {"layers", ARG_INT, &a.layers, "L: transformer blocks (default 12)"},
         {"heads", ARG_INT, &a.heads, "H: attention heads (default 12)"},
@@ -185,13 +192,18 @@ int cmd_bench(int argc, char** argv) {
         {"threads", ARG_INT, &a.threads, "N: threads (default: OMP_NUM_THREADS or all cores)"},
         {"seed", ARG_U64, &a.seed, "S: random seed (default 1337)"},
         {"size", ARG_INT, &a.size, "N: sgemm: matrix size (default 2048)"},
+        {"device", ARG_STR, &a.device, "D: train/generate on cpu or cuda (default cpu)"},
+        {"precision", ARG_STR, &a.precision, "P: cuda matmuls in fp32 or bf16 (default fp32)"},
     };
     args_parse("bench", "train|generate|sgemm [options]", specs, sizeof specs / sizeof specs[0], argc - 1, argv + 1);
     if (a.layers <= 0 || a.heads <= 0 || a.embd <= 0 || a.vocab <= 0 || a.ctx <= 0 || a.batch <= 0 || a.seq <= 0 ||
         a.steps <= 0 || a.new_tokens <= 0 || a.size <= 0)
         args_fail("bench", "sizes and counts must be positive");
     if (a.embd % a.heads) args_fail("bench", "--embd %d must be divisible by --heads %d", a.embd, a.heads);
-    ops_cpu_set_threads(a.threads);
-    if (!strcmp(what, "sgemm")) return bench_sgemm(a.size, a.steps);
+    if (!strcmp(what, "sgemm")) {
+        ops_cpu_set_threads(a.threads);
+        return bench_sgemm(a.size, a.steps);
+    }
+    a.ops = ops_by_name(a.device, a.precision, a.threads, "bench");
     return !strcmp(what, "train") ? bench_train(&a) : bench_generate(&a);
 }

@@ -1,7 +1,7 @@
 // cmd_demo.c - `rlhfd demo`: the ChatGPT recipe end to end with shipped
 // configs and no other input: pretrain -> SFT -> label -> reward model ->
 // held-out evaluation of the SFT policy -> RL fine-tuning (PPO by default, or
-// any of quark, pg, grpo, rloo, dpo, or all of them) -> the same evaluation of
+// any of quark, pg, grpo, rloo, dpo, nlpo, ilql, or all of them) -> the same evaluation of
 // every RL policy, a before/after table, side-by-side samples and the curves.
 //
 // Each stage is this same binary run as a child process with the stage's
@@ -36,8 +36,8 @@ extern char** environ;
 // Stage order: the four supervised stages, the SFT evaluation, then the RL
 // algorithms (in this order when several are asked for).
 static const char* const STAGES[] = {"pretrain", "sft", "label", "rm", "evaluate",
-                                     "ppo", "quark", "pg", "grpo", "rloo", "dpo"};
-#define NUM_STAGES 11
+                                     "ppo", "quark", "pg", "grpo", "rloo", "dpo", "nlpo", "ilql"};
+#define NUM_STAGES 13
 #define STAGE_EVALUATE 4
 #define FIRST_ALGO 5
 
@@ -203,7 +203,7 @@ static int run_algo(Demo* d, const char* algo, int may_fail) {
     double t0 = now_seconds();
     char cfg[PATH_MAX + 32], model[PATH_MAX + 32], rundir[PATH_MAX + 32], reward[PATH_MAX + 32],
         prompts[PATH_MAX + 32], val[PATH_MAX + 32], gold[PATH_MAX + 32], threads[64], dpo[PATH_MAX + 64],
-        dpo_val[PATH_MAX + 64],
+        dpo_val[PATH_MAX + 64], ilql[PATH_MAX + 64],
         policy[PATH_MAX + 32];
     snprintf(cfg, sizeof cfg, "%s/%s.ini", d->configs, algo);
     need_file(cfg, "the RL stage's config");
@@ -216,6 +216,7 @@ static int run_algo(Demo* d, const char* algo, int may_fail) {
     snprintf(threads, sizeof threads, "train.threads=%d", d->threads);
     snprintf(dpo, sizeof dpo, "dpo.train=%s/label/rankings_train.jsonl", d->out);
     snprintf(dpo_val, sizeof dpo_val, "dpo.val=%s/label/rankings_val.jsonl", d->out);
+    snprintf(ilql, sizeof ilql, "ilql.train=%s/label/rankings_train.jsonl", d->out);
     char* args[28] = {(char*)d->self, (char*)algo, "--config", cfg, "--model", model, "--set", rundir,
                       "--set", reward, "--set", prompts, "--set", val, "--set", gold, "--set", threads};
     int a = 18;
@@ -224,6 +225,10 @@ static int run_algo(Demo* d, const char* algo, int may_fail) {
         args[a++] = dpo;
         args[a++] = "--set";
         args[a++] = dpo_val;
+    }
+    if (!strcmp(algo, "ilql")) { // ILQL learns offline from the labelled samples, scored by the RM
+        args[a++] = "--set";
+        args[a++] = ilql;
     }
     args[a++] = "--overwrite";
     args[a] = NULL;
@@ -362,7 +367,7 @@ static void parse_algos(const char* spec, int* selected) {
     snprintf(buf, sizeof buf, "%s", spec);
     for (char* save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         int i = stage_index(t);
-        if (i < FIRST_ALGO) args_fail("demo", "--algo must be all or some of ppo,quark,pg,grpo,rloo,dpo (got '%s')", t);
+        if (i < FIRST_ALGO) args_fail("demo", "--algo must be all or some of ppo,quark,pg,grpo,rloo,dpo,nlpo,ilql (got '%s')", t);
         selected[i] = 1;
     }
 }
@@ -380,7 +385,7 @@ int cmd_demo(int argc, char** argv) {
     d.show = 4;
     ArgSpec specs[] = {
         {"out", ARG_STR, &d.out, "DIR: where every stage's run directory and summary.json go (required)"},
-        {"algo", ARG_STR, &algo, "ALGOS: RL stage(s): ppo (default), quark, pg, grpo, rloo, dpo, a,b,... or all"},
+        {"algo", ARG_STR, &algo, "ALGOS: RL stage(s): ppo (default), quark, pg, grpo, rloo, dpo, nlpo, ilql, a,b,... or all"},
         {"until", ARG_STR, &until,
          "STAGE: stop after pretrain | sft | label | rm | evaluate (the SFT policy) | an algorithm (default: all)"},
         {"from", ARG_STR, &from, "STAGE: skip the stages before STAGE (in the order above), reusing their outputs in DIR"},
@@ -400,10 +405,10 @@ int cmd_demo(int argc, char** argv) {
     int last = until ? stage_index(until) : -1;
     int first = stage_index(from);
     if (until && last < 0)
-        args_fail("demo", "--until must be one of pretrain, sft, label, rm, evaluate, ppo, quark, pg, grpo, rloo, dpo "
+        args_fail("demo", "--until must be one of pretrain, sft, label, rm, evaluate, ppo, quark, pg, grpo, rloo, dpo, nlpo, ilql "
                           "(got '%s')", until);
     if (first < 0)
-        args_fail("demo", "--from must be one of pretrain, sft, label, rm, evaluate, ppo, quark, pg, grpo, rloo, dpo "
+        args_fail("demo", "--from must be one of pretrain, sft, label, rm, evaluate, ppo, quark, pg, grpo, rloo, dpo, nlpo, ilql "
                           "(got '%s')", from);
     if (algo) parse_algos(algo, selected);
     else if (last >= FIRST_ALGO) selected[last] = 1;
@@ -466,7 +471,8 @@ int cmd_demo(int argc, char** argv) {
         snprintf(prev, sizeof prev, "%s/sft", d.out);
         need_file(prev, hint);
     }
-    if (first == 3 || (first > 3 && selected[NUM_STAGES - 1])) { // the RM and DPO train on the rankings
+    if (first == 3 || (first > 3 && (selected[stage_index("dpo")] || selected[stage_index("ilql")]))) {
+        // the RM, DPO and ILQL train on the rankings
         snprintf(prev, sizeof prev, "%s/label/rankings_train.jsonl", d.out);
         need_file(prev, hint);
     }

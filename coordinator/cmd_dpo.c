@@ -14,6 +14,20 @@
 // At the end: a checkpoint and the shared held-out evaluation
 // (rollout_evaluate on rl.val_prompts with rl.reward and rl.gold), so the
 // summary's gold/reward/kl compare with the on-policy algorithms.
+// Data parallel under mpirun (coordinator/train_util.h): train.batch pairs are
+// the global batch; each rank runs the policy and the reference on its share
+// of the pairs (a short last batch may leave a rank none) and the loss and
+// statistics are weighed by pairs; held-out pairs and prompts are shared.
+// Rank 0 alone writes run.dir.
+// Tensor parallel with parallel.tp: policy and reference are sharded over the
+// tp ranks of each dp replica, which take the same pairs and prompts and make
+// every model call together (forwards, generation, checkpoints).
+// Exact resume (--resume): the policy and its AdamW state come from the
+// checkpoint, the reference from model.init (the original SFT model, never
+// the checkpoint); the run state holds the sampler, the statistics, every
+// rank's cache of reference log-probs and the metrics mark
+// (coordinator/run_state.h).
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +37,8 @@
 
 #include "commands.h"
 #include "dpo.h"
+#include "run_control.h"
+#include "run_state.h"
 #include "sft_data.h"
 #include "train_util.h"
 #include "../common/args.h"
@@ -234,10 +250,17 @@ DpoStats dpo_batch_loss(DpoBatch* pb, const DpoPairs* d, const size_t* idx, int 
 
 // Mean DPO stats over all pairs of d (no gradient), in batches of max_pairs.
 DpoStats dpo_evaluate(GPT* model, GPT* ref, DpoBatch* pb, DpoPairs* d, int max_pairs, int eot, float beta) {
+    return dpo_evaluate_dp(model, ref, pb, d, max_pairs, eot, beta, NULL);
+}
+
+DpoStats dpo_evaluate_dp(GPT* model, GPT* ref, DpoBatch* pb, DpoPairs* d, int max_pairs, int eot, float beta,
+                         Comm* dp) {
     DpoStats total = {0};
     size_t* order = dpo_pairs_by_length(d);
-    for (size_t start = 0; start < d->n; start += (size_t)max_pairs) {
-        int np = (int)(d->n - start < (size_t)max_pairs ? d->n - start : (size_t)max_pairs);
+    size_t first = 0, last = d->n; // this dp rank's pairs of the sorted order
+    if (dp) parallel_share(d->n, dp->rank, dp->size, &first, &last);
+    for (size_t start = first; start < last; start += (size_t)max_pairs) {
+        int np = (int)(last - start < (size_t)max_pairs ? last - start : (size_t)max_pairs);
         const size_t* idx = order + start;
         dpo_ensure_reference(ref, pb, d, idx, np, eot);
         dpo_batch_forward(model, pb, d, idx, np, eot, pb->pc, pb->pr);
@@ -250,7 +273,25 @@ DpoStats dpo_evaluate(GPT* model, GPT* ref, DpoBatch* pb, DpoPairs* d, int max_p
         total.rejected_reward += s.rejected_reward * w;
     }
     free(order);
+    if (dp && dp->size > 1) { // each rank's sums are already weighted by np / n
+        double sums[5] = {total.loss, total.acc, total.margin, total.chosen_reward, total.rejected_reward};
+        const char* old = comm_set_phase(dp, "DPO held-out evaluation");
+        comm_allreduce_f64(dp, sums, 5);
+        comm_set_phase(dp, old);
+        total = (DpoStats){sums[0], sums[1], sums[2], sums[3], sums[4]};
+    }
     return total;
+}
+
+void dpo_stats_reduce(DpoStats* s, double np, Comm* dp) {
+    if (!dp || dp->size == 1) return;
+    double sums[6] = {s->loss * np, s->acc * np, s->margin * np, s->chosen_reward * np,
+                      s->rejected_reward * np, np};
+    const char* old = comm_set_phase(dp, "DPO step statistics");
+    comm_allreduce_f64(dp, sums, 6);
+    comm_set_phase(dp, old);
+    double n = sums[5] > 0 ? sums[5] : 1.0;
+    *s = (DpoStats){sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / n, sums[4] / n};
 }
 
 // Backward of the DPO loss of the last forwarded batch into model->grads:
@@ -300,7 +341,10 @@ typedef struct {
     double seconds;
 } HeldOut;
 
-static HeldOut held_out_evaluate(GPT* policy, GPT* ref, Tokenizer* tok, const Config* cfg, const Ops* ops) {
+// Collective over dp (may be NULL): each dp rank samples its share of the
+// prompts (prompt i keeps its seed, train.seed + i) and the means are reduced.
+static HeldOut held_out_evaluate(GPT* policy, GPT* ref, Tokenizer* tok, const Config* cfg, const Ops* ops,
+                                 Comm* dp) {
     HeldOut h = {0};
     const char* val_prompts = config_str(cfg, "rl.val_prompts");
     if (!val_prompts[0]) return h;
@@ -317,8 +361,20 @@ static HeldOut held_out_evaluate(GPT* policy, GPT* ref, Tokenizer* tok, const Co
     rcfg.max_new_tokens = config_int(cfg, "rl.max_new_tokens");
     rcfg.temperature = config_float(cfg, "rl.temperature");
     rcfg.top_k = config_int(cfg, "rl.top_k");
-    h.ev = rollout_evaluate(policy, ref, reward, gold, tok, (const char* const*)prompts, (int)n,
-                            (uint64_t)config_int(cfg, "train.seed"), &rcfg);
+    size_t first = 0, last = n;
+    if (dp) parallel_share(n, dp->rank, dp->size, &first, &last);
+    if (last > first)
+        h.ev = rollout_evaluate(policy, ref, reward, gold, tok, (const char* const*)prompts + first,
+                                (int)(last - first), (uint64_t)config_int(cfg, "train.seed") + first, &rcfg);
+    if (dp && dp->size > 1) {
+        double m = h.ev.n, sums[5] = {h.ev.gold * m, h.ev.reward * m, h.ev.kl * m, h.ev.response_len * m, m};
+        const char* old = comm_set_phase(dp, "DPO held-out rollouts");
+        comm_allreduce_f64(dp, sums, 5);
+        comm_set_phase(dp, old);
+        double N = sums[4] > 0 ? sums[4] : 1.0;
+        h.ev = (RolloutEval){.gold = sums[0] / N, .reward = sums[1] / N, .kl = sums[2] / N,
+                             .response_len = sums[3] / N, .n = (int)sums[4]};
+    }
     h.done = 1;
     if (reward) reward_close(reward);
     if (gold) reward_close(gold);
@@ -341,6 +397,111 @@ static void set_stats(json_t* row, const char* prefix, const DpoStats* s) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// exact resume: the reference log-prob caches and the statistics
+
+// A rank's caches of train (and val, may be NULL) as bytes: per set n (u64),
+// ref_done (n bytes), ref_c, ref_r (n f32 each).
+static void ref_cache_put(ByteBuf* b, const DpoPairs* d) {
+    bytebuf_put_u64(b, d->n);
+    bytebuf_put(b, d->ref_done, d->n);
+    bytebuf_put(b, d->ref_c, d->n * sizeof(float));
+    bytebuf_put(b, d->ref_r, d->n * sizeof(float));
+}
+
+// Reads one set of a cache blob into d's cache, filling only pairs not
+// cached yet (the first blob read wins).
+static void ref_cache_get(ByteReader* r, DpoPairs* d) {
+    uint64_t n = byteread_u64(r);
+    if (n != d->n)
+        fatalf("%s: %" PRIu64 " pairs, the data now has %zu (resume needs the same data)", r->what, n, d->n);
+    unsigned char* done = mallocCheck(d->n + 1);
+    float* c = mallocCheck((d->n + 1) * sizeof(float));
+    float* rr = mallocCheck((d->n + 1) * sizeof(float));
+    byteread(r, done, d->n);
+    byteread(r, c, d->n * sizeof(float));
+    byteread(r, rr, d->n * sizeof(float));
+    for (size_t i = 0; i < d->n; i++) {
+        if (!done[i] || d->ref_done[i]) continue;
+        d->ref_c[i] = c[i];
+        d->ref_r[i] = rr[i];
+        d->ref_done[i] = 1;
+    }
+    free(done);
+    free(c);
+    free(rr);
+}
+
+// Each rank computes the reference of its own pairs on first use, so the
+// caches differ between ranks: gather all of them (collective over the
+// world) into rs on rank 0, as blobs dpo_ref.RANK (tp peers hold the same
+// cache: they take the same pairs), with the tp size that laid them out.
+static void ref_cache_save(RunState* rs, const DpoPairs* train, const DpoPairs* val, Comm* world, int tp_size) {
+    ByteBuf b = {0};
+    ref_cache_put(&b, train);
+    if (val) ref_cache_put(&b, val);
+    uint8_t** all = NULL;
+    size_t* lens = NULL;
+    comm_gather_bytes(world, b.data, b.len, 0, &all, &lens);
+    bytebuf_free(&b);
+    if (!all) return; // not rank 0
+    run_state_put_i64(rs, "dpo_ref.ranks", world->size);
+    run_state_put_i64(rs, "dpo_ref.tp", tp_size);
+    for (int r = 0; r < world->size; r++) {
+        char key[32];
+        snprintf(key, sizeof key, "dpo_ref.%d", r);
+        run_state_put_blob(rs, key, all[r], lens[r]);
+        free(all[r]);
+    }
+    free(all);
+    free(lens);
+}
+
+// Every rank takes back its own cache; at another world size or tp size
+// (resharding: a rank's pairs change) each takes the union of all of them
+// (any rank's value is the reference's).
+static void ref_cache_load(const RunState* rs, DpoPairs* train, DpoPairs* val, Comm* world, int tp_size) {
+    int ranks = (int)run_state_get_i64(rs, "dpo_ref.ranks");
+    int saved_tp = run_state_has(rs, "dpo_ref.tp") ? (int)run_state_get_i64(rs, "dpo_ref.tp") : 1;
+    const int same_layout = ranks == world->size && saved_tp == tp_size;
+    for (int r = 0; r < ranks; r++) {
+        if (same_layout && r != world->rank) continue;
+        char key[32];
+        snprintf(key, sizeof key, "dpo_ref.%d", r);
+        void* data;
+        size_t len;
+        run_state_get_blob(rs, key, &data, &len);
+        ByteReader br = {.data = data, .len = len, .pos = 0, .what = key};
+        ref_cache_get(&br, train);
+        if (val) ref_cache_get(&br, val);
+        byteread_end(&br);
+        free(data);
+    }
+}
+
+static void stats_put(RunState* rs, const char* prefix, const DpoStats* s) {
+    char key[64];
+    const struct { const char* name; double value; } f[] = {
+        {"loss", s->loss}, {"acc", s->acc}, {"margin", s->margin},
+        {"chosen_reward", s->chosen_reward}, {"rejected_reward", s->rejected_reward},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        snprintf(key, sizeof key, "%s.%s", prefix, f[i].name);
+        run_state_put_f64(rs, key, f[i].value);
+    }
+}
+
+static DpoStats stats_get(const RunState* rs, const char* prefix) {
+    char key[64];
+    double v[5];
+    const char* names[5] = {"loss", "acc", "margin", "chosen_reward", "rejected_reward"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(key, sizeof key, "%s.%s", prefix, names[i]);
+        v[i] = run_state_get_f64(rs, key);
+    }
+    return (DpoStats){v[0], v[1], v[2], v[3], v[4]};
+}
+
 int cmd_dpo(int argc, char** argv) {
     TrainCli cli;
     Config* cfg = train_cli_config(CMD, SYNOPSIS, "PATH: the SFT model (= model.init): policy and reference",
@@ -359,18 +520,33 @@ int cmd_dpo(int argc, char** argv) {
     const char* init = config_str(cfg, "model.init");
     if (!init[0]) fatalf("dpo needs the SFT model: pass --model PATH (or set model.init)");
 
-    ops_cpu_set_threads(config_int(cfg, "train.threads"));
-    const Ops* ops = ops_cpu();
+    const Ops* ops = ops_from_config(cfg); // run.device, run.precision, train.threads
+    TrainWorld world;
+    train_world_init(&world, cfg);
+    const int root = world.is_root;
+    Comm* dp = world.par.dp;
+    int stopped = 0; // a graceful stop (POST /stop, SIGTERM/SIGUSR1) after a checkpoint
 
-    // ---- policy and frozen reference, both from the SFT model
+    // ---- resume: the policy, AdamW state, sampler and metrics from a checkpoint
+    char resume_ckpt[4096] = "";
+    const int resuming = train_resume_resolve(world.par.world, cli.resume, config_str(cfg, "run.dir"), resume_ckpt,
+                                              sizeof resume_ckpt);
+    RunState rs;
+    run_state_init(&rs);
+    if (resuming) run_state_load(&rs, resume_ckpt);
+
+    // ---- policy and frozen reference, both from the SFT model (a resumed
+    // policy from the checkpoint; the reference always from model.init)
     GPT policy, ref;
     memset(&policy, 0, sizeof policy);
     memset(&ref, 0, sizeof ref);
+    const char* policy_init = resuming ? resume_ckpt : init;
     json_t* init_state = NULL;
-    model_load(&policy, init, ops, &init_state);
+    model_load_tp(&policy, policy_init, ops, world.par.tp, &init_state); // this rank's shards under tp
     json_decref(init_state);
-    config_adopt_model_shape(cfg, policy.config, init);
-    model_load(&ref, init, ops, NULL);
+    config_adopt_model_shape(cfg, policy.config, policy_init);
+    model_load_tp(&ref, init, ops, world.par.tp, NULL);
+    if (resuming) gpt_config_expect(&policy.config, &ref.config, init);
     Tokenizer* tok = tokenizer_load(NULL);
     const int eot = tokenizer_eot(tok);
     if (policy.config.vocab_size < tokenizer_vocab_size(tok))
@@ -385,25 +561,38 @@ int cmd_dpo(int argc, char** argv) {
     if (has_val) dpo_pairs_load(&val_data, val_path, tok, ctx, all_pairs, cli.skip_bad);
 
     const int batch_pairs = config_int(cfg, "train.batch");
+    // every rank walks the same global order and takes its share of each
+    // batch's pairs (the reference's forward too); Pcap = the largest share
+    // (rank 0's; = train.batch in a world of one) also sizes the held-out batches
+    int p0, Pl;
+    train_world_share(&world, batch_pairs, "train.batch", &p0, &Pl); // fatal when batch < dp ranks
+    const int Pcap = (batch_pairs + world.par.dp_size - 1) / world.par.dp_size;
     int max_T = train_data.seqs.max_len - 1;
     if (has_val && val_data.seqs.max_len - 1 > max_T) max_T = val_data.seqs.max_len - 1;
     DpoBatch pb;
-    dpo_batch_alloc(&pb, batch_pairs, max_T);
-    gpt_reserve(&policy, 2 * batch_pairs, max_T);
-    gpt_reserve(&ref, 2 * batch_pairs, max_T);
+    dpo_batch_alloc(&pb, Pcap, max_T);
+    gpt_reserve(&policy, 2 * Pcap, max_T);
+    gpt_reserve(&ref, 2 * Pcap, max_T);
     const float beta = config_float(cfg, "dpo.beta");
 
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
+    FILE* metrics = NULL;
+    if (root && resuming) {
+        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
+        run_state_rewind_metrics(&rs, metrics_path); // cut back to the checkpoint's step
+        metrics = run_dir_reopen(run_dir, cfg, metrics_path, sizeof metrics_path);
+    } else if (root) {
+        metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
+    }
 
     const int steps = config_int(cfg, "train.steps");
-    fprintf(stderr,
+    if (root) fprintf(stderr,
             "dpo: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | beta=%g | %d steps of %d pairs | "
             "train %zu pairs (%s)%s | val %zu pairs | run dir %s\n",
             policy.config.num_layers, policy.config.num_heads, policy.config.channels,
-            policy.config.vocab_size, ctx, policy.num_parameters, init, beta, steps, batch_pairs,
+            policy.config.vocab_size, ctx, policy.num_parameters_full, init, beta, steps, batch_pairs,
             train_data.n, pairs_mode, train_data.skipped ? ", some skipped" : "", has_val ? val_data.n : 0,
             run_dir);
 
@@ -423,38 +612,82 @@ int cmd_dpo(int argc, char** argv) {
     const uint64_t order_seed = (uint64_t)config_int(cfg, "train.seed") ^ 0xA0761D6478BD642Full;
     sft_sampler_init(&sampler, &lengths, batch_pairs, order_seed);
 
+    RunControl control;
+    run_control_start(&control, &world, cfg, "dpo", run_dir, steps);
+    int steps_done = steps;
     double t_train = 0.0, t_eval = 0.0;
     DpoStats last = {0}, val = {0};
     int have_val_stats = 0;
     size_t tokens = 0;
+    int first_step = 1;
+    if (resuming) { // continue exactly where the checkpoint's step ended
+        checkpoint_load_optimizer(&policy, resume_ckpt);
+        dp_scatter_optimizer(&world.dp, &policy);
+        first_step = (int)run_state_get_i64(&rs, "step") + 1;
+        sft_sampler_restore(&sampler, &rs, "sampler");
+        ref_cache_load(&rs, &train_data, has_val ? &val_data : NULL, world.par.world, world.par.tp_size);
+        tokens = (size_t)run_state_get_i64(&rs, "tokens");
+        t_train = run_state_get_f64(&rs, "t_train");
+        t_eval = run_state_get_f64(&rs, "t_eval");
+        t_ref_logprobs = run_state_get_f64(&rs, "t_ref_logprobs");
+        last = stats_get(&rs, "last");
+        have_val_stats = (int)run_state_get_i64(&rs, "have_val_stats");
+        val = stats_get(&rs, "val");
+    }
+    run_state_free(&rs);
     char ckpt_path[4200] = "";
-    for (int step = 1; step <= steps; step++) {
+    for (int step = first_step; step <= steps; step++) {
         double t0 = now_seconds();
-        int np = 0;
-        const size_t* idx = sft_sampler_next(&sampler, &np);
-        dpo_ensure_reference(&ref, &pb, &train_data, idx, np, eot);
+        run_control_phase(&control, "train");
+        int np_global = 0;
+        const size_t* all = sft_sampler_next(&sampler, &np_global);
+        // this rank's pairs of the global batch; the last batch of an epoch
+        // may leave a rank none (it then adds a zero gradient)
+        size_t q0, q1;
+        parallel_share((size_t)np_global, world.par.dp_rank, world.par.dp_size, &q0, &q1);
+        const size_t* idx = all + q0;
+        const int np = (int)(q1 - q0);
+        size_t step_loss_tokens = 0, step_real_tokens = 0; // of the global batch (chosen + rejected rows)
+        for (int i = 0; i < np_global; i++) {
+            size_t lt, rt;
+            const size_t rows[2] = {2 * all[i], 2 * all[i] + 1};
+            sft_count_tokens(&train_data.seqs, rows, 2, &lt, &rt);
+            step_loss_tokens += lt;
+            step_real_tokens += rt;
+        }
+        if (np > 0) dpo_ensure_reference(&ref, &pb, &train_data, idx, np, eot);
         double t_ref = now_seconds() - t0;
         t_ref_logprobs += t_ref;
         adamw.lr = lr_schedule(step, steps, warmup, peak_lr, min_lr);
-        dpo_batch_forward(&policy, &pb, &train_data, idx, np, eot, pb.pc, pb.pr);
-        last = dpo_batch_loss(&pb, &train_data, idx, np, beta);
+        if (np > 0) {
+            dpo_batch_forward(&policy, &pb, &train_data, idx, np, eot, pb.pc, pb.pr);
+            last = dpo_batch_loss(&pb, &train_data, idx, np, beta);
+            dpo_batch_backward(&policy, &pb, np);
+        } else {
+            last = (DpoStats){0};
+            gpt_ensure_grads(&policy);
+            gpt_zero_grad(&policy);
+        }
+        dpo_stats_reduce(&last, np, dp); // means over the global batch's pairs
         if (!isfinite(last.loss)) fatalf("DPO loss is %g at step %d (try a lower train.lr)", last.loss, step);
-        dpo_batch_backward(&policy, &pb, np);
-        float grad_norm = gpt_update(&policy, &adamw);
+        dp_allreduce_grads(&world.dp, &policy, np);
+        float grad_norm = dp_update(&world.dp, &policy, &adamw);
         double dt = now_seconds() - t0 - t_ref;
         t_train += dt;
-        tokens += pb.batch.loss_tokens;
+        tokens += step_loss_tokens;
 
         int is_last = step == steps;
         int eval_now = has_val && (is_last || (eval_every > 0 && step % eval_every == 0));
         if (eval_now) {
+            run_control_phase(&control, "eval");
             double te = now_seconds();
-            val = dpo_evaluate(&policy, &ref, &pb, &val_data, batch_pairs, eot, beta);
+            val = dpo_evaluate_dp(&policy, &ref, &pb, &val_data, Pcap, eot, beta, dp);
             have_val_stats = 1;
             t_eval += now_seconds() - te;
         }
+        int ckpt_now = is_last || (ckpt_every > 0 && step % ckpt_every == 0);
 
-        json_t* row = json_object();
+        json_t* row = json_object(); // every rank builds it; rank 0 writes and publishes it
         json_object_set_new(row, "step", json_integer(step));
         json_object_set_new(row, "epoch", json_integer(sampler.epoch));
         set_stats(row, "", &last);
@@ -464,33 +697,75 @@ int cmd_dpo(int argc, char** argv) {
         if (eval_now) set_stats(row, "val_", &val);
         json_object_set_new(row, "t_ref_logprobs", json_real(t_ref));
         json_object_set_new(row, "t_train", json_real(dt));
-        json_object_set_new(row, "tokens_per_s", json_real(dt > 0 ? pb.batch.real_tokens / dt : 0.0));
-        write_json_line(metrics, row);
+        json_object_set_new(row, "tokens_per_s", json_real(dt > 0 ? step_real_tokens / dt : 0.0));
+        if (root) {
+            write_json_line(metrics, row);
+            fflush(metrics);
+        }
+        // every rank reports; rank 0 publishes /status and decides (collective)
+        unsigned decision = run_control_step(&control, step, "train", row, (double)step_real_tokens);
         json_decref(row);
-        fflush(metrics);
+        if (decision & RUN_CHECKPOINT) ckpt_now = 1;
+        if (decision & RUN_STOP) stopped = 1;
 
-        if (step == 1 || is_last || step % log_every == 0) {
+        if (root && (step == 1 || is_last || step % log_every == 0)) {
             char eta[32], val_text[96] = "";
             format_duration(t_train / step * (steps - step), eta, sizeof eta);
             if (eval_now) snprintf(val_text, sizeof val_text, " | val loss %.4f acc %.3f", val.loss, val.acc);
             fprintf(stderr, "step %d/%d | loss %.4f | acc %.3f | margin %.3f%s | lr %.2e | norm %.3f | ETA %s\n",
                     step, steps, last.loss, last.acc, last.margin, val_text, adamw.lr, grad_norm, eta);
         }
-        if (is_last || (ckpt_every > 0 && step % ckpt_every == 0))
-            train_checkpoint_save(&policy, cfg, run_dir, "dpo", step, last.loss,
-                                  have_val_stats ? val.loss : NAN, tokens, ckpt_path, sizeof ckpt_path);
+        if (ckpt_now) {
+            run_control_phase(&control, "checkpoint");
+            dp_gather_optimizer(&world.dp, &policy); // collective (ZeRO-1)
+            RunState save;
+            run_state_init(&save);
+            ref_cache_save(&save, &train_data, has_val ? &val_data : NULL, world.par.world,
+                           world.par.tp_size); // collective
+            char err[512];
+            int ok = 1;
+            if (root) { // what the next step needs beyond the weights and AdamW state
+                run_state_put_i64(&save, "step", step);
+                sft_sampler_save(&sampler, &save, "sampler");
+                run_state_put_i64(&save, "tokens", (int64_t)tokens);
+                run_state_put_f64(&save, "t_train", t_train);
+                run_state_put_f64(&save, "t_eval", t_eval);
+                run_state_put_f64(&save, "t_ref_logprobs", t_ref_logprobs);
+                stats_put(&save, "last", &last);
+                run_state_put_i64(&save, "have_val_stats", have_val_stats);
+                stats_put(&save, "val", &val);
+                if (run_state_put_metrics(&save, metrics_path, metrics, err, sizeof err) != 0) {
+                    fprintf(stderr, "rlhfd: warning: checkpoint of step %d skipped: %s\n", step, err);
+                    ok = 0;
+                }
+            }
+            comm_broadcast(world.par.world, &ok, 1, COMM_I32, 0);
+            if (ok && world.par.dp_rank == 0) // the model's ranks gather; rank 0 writes
+                train_checkpoint_try(&policy, cfg, run_dir, "dpo", step, last.loss, have_val_stats ? val.loss : NAN,
+                                     tokens, NULL, root ? &save : NULL, ckpt_path, sizeof ckpt_path);
+            run_state_free(&save);
+            dp_scatter_optimizer(&world.dp, &policy);
+        }
+        if (stopped) {
+            steps_done = step;
+            break;
+        }
     }
-    if (fclose(metrics) != 0) fatalf("cannot write '%s'", metrics_path);
+    if (root && fclose(metrics) != 0) fatalf("cannot write '%s'", metrics_path);
 
-    // ---- held-out evaluation of the RL stages
-    HeldOut held = held_out_evaluate(&policy, &ref, tok, cfg, ops);
+    // ---- held-out evaluation of the RL stages (collective; not for a run
+    // that stopped early: the resumed run does it at its end)
+    HeldOut held = {0};
+    if (!stopped) held = held_out_evaluate(&policy, &ref, tok, cfg, ops, dp);
+    if (!root) goto done;
     if (held.done)
         fprintf(stderr, "dpo: held-out %d prompts: reward %.4f | gold %.4f | kl %.3f nats/seq | len %.1f\n",
                 held.ev.n, held.ev.reward, held.ev.gold, held.ev.kl, held.ev.response_len);
 
     // ---- summary: the last stdout line
     json_t* summary = json_object();
-    json_object_set_new(summary, "steps", json_integer(steps));
+    json_object_set_new(summary, "steps", json_integer(steps_done));
+    if (stopped) json_object_set_new(summary, "stopped", json_true());
     json_object_set_new(summary, "pairs", json_integer((json_int_t)train_data.n));
     json_object_set_new(summary, "val_pairs", json_integer(has_val ? (json_int_t)val_data.n : 0));
     json_object_set_new(summary, "skipped",
@@ -512,6 +787,9 @@ int cmd_dpo(int argc, char** argv) {
     write_json_line(stdout, summary);
     json_decref(summary);
 
+done:;
+    const int rc = stopped ? run_control_exit_code(&control) : 0;
+    run_control_finish(&control);
     sft_sampler_free(&sampler);
     free(lengths.examples);
     dpo_batch_free(&pb);
@@ -520,6 +798,7 @@ int cmd_dpo(int argc, char** argv) {
     tokenizer_free(tok);
     gpt_free(&policy);
     gpt_free(&ref);
+    train_world_free(&world);
     config_free(cfg);
-    return 0;
+    return rc;
 }

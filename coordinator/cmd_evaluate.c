@@ -17,6 +17,11 @@
 // prefixed with its best-quantile control token, as Quark is meant to be used;
 // its KL is then log pi(y | ctrl, x) - log ref(y | x), the reference seeing
 // the plain prompt (as in `rlhfd quark`). --control-token overrides this.
+//
+// An ILQL policy (its checkpoint holds the ilql.* heads and its state names
+// "ilql_beta") samples from logits + beta * (min Qt - V), as ILQL decodes;
+// its KL is then that of the distribution sampled from (rollout_evaluate with
+// a hook). --ilql-beta overrides beta (0: the LM alone).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +35,7 @@
 #include "../common/tokenizer.h"
 #include "../kernels/ops.h"
 #include "../worker/generate.h"
+#include "../worker/ilql.h"
 #include "../worker/model_io.h"
 #include "../worker/rewards.h"
 #include "../worker/rollout.h"
@@ -179,6 +185,12 @@ static RolloutEval evaluate_with_control(GPT* policy, GPT* ref, RewardFn* reward
     return ev;
 }
 
+// The decoding beta an ILQL checkpoint asks for ("ilql_beta" in its state), or -1.
+static double ilql_beta_of(json_t* state_json) {
+    json_t* b = json_object_get(json_object_get(state_json, "state"), "ilql_beta");
+    return json_is_number(b) ? json_number_value(b) : -1.0;
+}
+
 // The control token a Quark checkpoint asks for ("best_token" in its state), or -1.
 static int quark_best_token(json_t* state_json) {
     json_t* t = json_object_get(json_object_get(state_json, "state"), "best_token");
@@ -192,6 +204,7 @@ int cmd_evaluate(int argc, char** argv) {
     const char* gold_spec = NULL;
     const char* prompts_path = NULL;
     int max_prompts = 0, show = 4, threads = 0, control = -2;
+    float ilql_beta = -1.0f;
     uint64_t seed = 1;
     RolloutConfig rcfg = rollout_config_default();
     const ArgSpec specs[] = {
@@ -208,6 +221,8 @@ int cmd_evaluate(int argc, char** argv) {
         {"top-p", ARG_FLOAT, &rcfg.top_p, "P: nucleus sampling (default 1 = off)"},
         {"control-token", ARG_INT, &control,
          "ID: prefix every prompt with this token for the policy (default: a Quark checkpoint's best_token; -1 = none)"},
+        {"ilql-beta", ARG_FLOAT, &ilql_beta,
+         "B: ILQL decoding logits + B*(Q - V) (default: an ILQL checkpoint's own beta; 0 = the LM alone)"},
         {"show", ARG_INT, &show, "N: include the first N samples in the output (default 4)"},
         {"threads", ARG_INT, &threads, "N: CPU threads (0 = default)"},
     };
@@ -232,10 +247,22 @@ int cmd_evaluate(int argc, char** argv) {
     json_t* state = NULL;
     model_load(&policy, model_path, ops, &state);
     if (control == -2) control = quark_best_token(state);
+    double ckpt_beta = ilql_beta_of(state);
     json_decref(state);
     if (control < -1 || control >= policy.config.vocab_size)
         args_fail(CMD, "--control-token must be -1 or a token id below %d (got %d)", policy.config.vocab_size, control);
     char* checkpoint = model_resolve(model_path);
+    IlqlHeads heads;
+    IlqlDecoder dec;
+    memset(&heads, 0, sizeof heads);
+    memset(&dec, 0, sizeof dec);
+    if (ilql_beta < 0.0f) ilql_beta = ckpt_beta >= 0 ? (float)ckpt_beta : 0.0f;
+    if (ilql_beta > 0.0f) {
+        ilql_heads_load(&heads, checkpoint, policy.config.channels, policy.config.vocab_size, ops);
+        ilql_decoder_init(&dec, &heads, ilql_beta);
+        rcfg.hook = &dec.hook;
+        fprintf(stderr, "evaluate: ILQL decoding, logits + %g * (Q - V)\n", (double)ilql_beta);
+    }
     if (ref_path) {
         model_load(&ref, ref_path, ops, NULL);
         gpt_config_expect(&policy.config, &ref.config, ref_path);
@@ -278,6 +305,7 @@ int cmd_evaluate(int argc, char** argv) {
     json_object_set_new(out, "max_new_tokens", json_integer(rcfg.max_new_tokens));
     json_object_set_new(out, "temperature", json_real(rcfg.temperature));
     json_object_set_new(out, "control_token", control >= 0 ? json_integer(control) : json_null());
+    json_object_set_new(out, "ilql_beta", ilql_beta > 0.0f ? json_real(ilql_beta) : json_null());
     json_object_set_new(out, "t_evaluate", json_real(t_eval));
     json_object_set_new(out, "eval_tokens_per_s",
                         json_real(t_eval > 0 ? ev.response_len * ev.n / t_eval : 0.0));
@@ -293,6 +321,10 @@ int cmd_evaluate(int argc, char** argv) {
     if (gold) reward_close(gold);
     tokenizer_free(tok);
     if (ref_path) gpt_free(&ref);
+    if (ilql_beta > 0.0f) {
+        ilql_decoder_free(&dec);
+        ilql_heads_free(&heads);
+    }
     gpt_free(&policy);
     free(checkpoint);
     hf_free_prompts(prompts, n);

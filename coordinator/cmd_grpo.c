@@ -235,6 +235,14 @@ static double std_of(RLRun* run, const float* x, int n) {
     return a[1] > 1 ? sqrt(a[0] / (a[1] - 1)) : 0.0;
 }
 
+// The checkpoint's state.json fields (readable; the run state has the exact values).
+static json_t* pg_state_json(PgAlgo algo, double baseline, const KLController* klc) {
+    json_t* state = json_object();
+    if (algo == PG_REINFORCE) json_object_set_new(state, "baseline", json_real(baseline));
+    json_object_set_new(state, "kl_coef", json_real(klc->value));
+    return state;
+}
+
 int pg_family_main(int argc, char** argv, int algo_id) {
     if (algo_id < PG_REINFORCE || algo_id > PG_RLOO) fatalf("pg_family_main: bad algorithm %d", algo_id);
     const PgAlgo algo = (PgAlgo)algo_id;
@@ -271,8 +279,14 @@ int pg_family_main(int argc, char** argv, int algo_id) {
     float* adv = mallocCheck((size_t)n * sizeof(float));
     double baseline = 0.0;
     int have_baseline = 0;
+    RunState* resumed = rl_resume_state(&run);
+    if (resumed) {
+        run_state_get_kl(resumed, "kl", &klc);
+        baseline = run_state_get_f64(resumed, "baseline");
+        have_baseline = (int)run_state_get_i64(resumed, "have_baseline");
+    }
 
-    for (int it = 1; it <= run.iterations; it++) {
+    for (int it = run.first_iter; it <= run.iterations; it++) {
         RLIterStats st = {0};
         const float beta = klc.value;
         // ---- rollouts: G samples of each prompt, consecutive (the groups)
@@ -364,27 +378,28 @@ int pg_family_main(int argc, char** argv, int algo_id) {
         json_object_set_new(extra, "kl_coef", json_real(beta));
         json_object_set_new(extra, "grad_norm", json_real(first.grad_norm));
         rl_log_iteration(&run, it, &st, extra);
-        if (run.stop) { // graceful stop: rl_finish checkpoints what is done
-            rl_free_per_token(logp_old, n);
-            rl_free_per_token(logp_ref, n);
-            rollout_free(&ro);
-            break;
-        }
 
         rl_free_per_token(logp_old, n);
         rl_free_per_token(logp_ref, n);
         rollout_free(&ro);
         rl_maybe_evaluate(&run, it);
+        if (run.ckpt_due) { // exact resume: the KL controller and the baseline
+            RunState rs;
+            run_state_init(&rs);
+            run_state_put_kl(&rs, "kl", &klc);
+            run_state_put_f64(&rs, "baseline", baseline);
+            run_state_put_i64(&rs, "have_baseline", have_baseline);
+            rl_checkpoint(&run, it, NULL, 0, pg_state_json(algo, baseline, &klc), &rs);
+            run_state_free(&rs);
+        }
+        if (run.stop) break; // graceful stop after the checkpoint
     }
 
     json_t* summary = json_object();
     json_object_set_new(summary, "algorithm", json_string(cmd));
     json_object_set_new(summary, "group", json_integer(G));
     json_object_set_new(summary, "kl_coef", json_real(klc.value));
-    json_t* state = json_object();
-    if (algo == PG_REINFORCE) json_object_set_new(state, "baseline", json_real(baseline));
-    json_object_set_new(state, "kl_coef", json_real(klc.value));
-    rl_finish(&run, NULL, 0, state, summary);
+    rl_finish(&run, NULL, 0, pg_state_json(algo, baseline, &klc), summary);
 
     free(batch_prompts);
     free(prompts);

@@ -48,8 +48,7 @@ int cmd_pretrain(int argc, char** argv) {
                                    &cli, argc, argv);
     if (!cfg) return 0;
 
-    ops_cpu_set_threads(config_int(cfg, "train.threads"));
-    const Ops* ops = ops_cpu();
+    const Ops* ops = ops_from_config(cfg); // run.device, run.precision, train.threads
     TrainWorld world;
     train_world_init(&world, cfg);
     const int root = world.is_root;
@@ -69,13 +68,13 @@ int cmd_pretrain(int argc, char** argv) {
     const char* init = resuming ? resume_ckpt : config_str(cfg, "model.init");
     if (init[0]) {
         json_t* init_state = NULL;
-        model_load(&model, init, ops, &init_state);
+        model_load_tp(&model, init, ops, world.par.tp, &init_state); // this rank's shard under tp
         json_decref(init_state);
         config_adopt_model_shape(cfg, model.config, init);
     } else {
         GPTConfig shape = config_model_shape(cfg);
         gpt_config_check(&shape);
-        gpt_build(&model, shape, ops);
+        gpt_build_tp(&model, shape, ops, world.par.tp);
         gpt_init_random(&model, (uint64_t)config_int(cfg, "train.seed"));
     }
     const int V = model.config.vocab_size;
@@ -248,7 +247,7 @@ int cmd_pretrain(int argc, char** argv) {
     json_object_set_new(summary, "val_loss", isnan(val_loss) ? json_null() : json_real(val_loss));
     json_object_set_new(summary, "tokens", json_integer((json_int_t)tokens));
     json_object_set_new(summary, "seconds", json_real(now_seconds() - t_start));
-    json_object_set_new(summary, "params", json_integer((json_int_t)model.num_parameters));
+    json_object_set_new(summary, "params", json_integer((json_int_t)model.num_parameters_full));
     json_object_set_new(summary, "checkpoint", json_string(ckpt_path));
     json_object_set_new(summary, "run_dir", json_string(run_dir));
     write_json_line(stdout, summary);

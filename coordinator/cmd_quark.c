@@ -42,6 +42,7 @@
 #include <jansson.h>
 #include "commands.h"
 #include "rl_common.h"
+#include "run_state.h"
 #include "train_util.h"
 #include "../common/check.h"
 #include "../common/config.h"
@@ -349,6 +350,128 @@ static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pi
     return st;
 }
 
+// Held-out evaluation with the best token every rl.eval_every iterations
+// (not the last: the final evaluation does that one), as its own metrics line.
+static void quark_maybe_evaluate(RLRun* run, int it, int best, int mb) {
+    if (run->eval_every <= 0 || it % run->eval_every != 0 || it == run->iterations || run->num_val == 0) return;
+    RolloutEval ev = quark_evaluate(run, best, mb);
+    if (!run->world.is_root) return;
+    json_t* row = json_object();
+    json_object_set_new(row, "iter", json_integer(it));
+    json_object_set_new(row, "eval", json_true());
+    json_object_set_new(row, "eval_gold", json_real(ev.gold));
+    json_object_set_new(row, "eval_reward", json_real(ev.reward));
+    json_object_set_new(row, "eval_kl", json_real(ev.kl));
+    json_object_set_new(row, "eval_response_len", json_real(ev.response_len));
+    write_json_line(run->metrics, row);
+    json_decref(row);
+    fflush(run->metrics);
+    fprintf(stderr, "quark eval @ iter %d | held-out gold %+.4f | reward %+.4f | kl %.3f (%d prompts)\n", it,
+            ev.gold, ev.reward, ev.kl, ev.n);
+}
+
+static json_t* quark_state_json(int K, int ctrl_base, int best) {
+    json_t* state = json_object();
+    json_object_set_new(state, "bins", json_integer(K));
+    json_object_set_new(state, "control_tokens_first", json_integer(ctrl_base));
+    json_object_set_new(state, "best_token", json_integer(best));
+    return state;
+}
+
+// The pool in the run state: every sample's scalars and tokens. Under data
+// parallelism each rank holds the tokens of its own samples: they are
+// gathered to rank 0 first. Pool sample p is sequence p % rl.batch of its
+// iteration, which is how a resumed run (at any dp size) finds its own.
+static void pool_save(RLRun* run, const Pool* pool, RunState* rs) {
+    ByteBuf mine = {0};
+    for (size_t p = 0; p < pool->n; p++) {
+        const PoolSample* s = &pool->s[p];
+        if (!s->owned) continue;
+        bytebuf_put_u64(&mine, p);
+        bytebuf_put_i32s(&mine, s->tokens, (size_t)s->len);
+        for (int j = 0; j < s->len - s->prompt_len; j++) bytebuf_put_f32(&mine, s->ref_logp[j]);
+    }
+    uint8_t** parts = NULL;
+    size_t* lens = NULL;
+    comm_gather_bytes(run->world.par.world, mine.data, mine.len, 0, &parts, &lens);
+    bytebuf_free(&mine);
+    if (!run->world.is_root) return;
+    const int** toks = callocCheck(pool->n ? pool->n : 1, sizeof(int*));
+    const uint8_t** logp = callocCheck(pool->n ? pool->n : 1, sizeof(uint8_t*));
+    int** owned_toks = callocCheck(pool->n ? pool->n : 1, sizeof(int*));
+    for (int r = 0; r < run->world.par.size; r++) {
+        ByteReader rd = {parts[r], lens[r], 0, "quark pool part"};
+        while (rd.pos < rd.len) {
+            uint64_t p = byteread_u64(&rd);
+            size_t n = 0;
+            int* t = byteread_i32s(&rd, &n);
+            if (p >= pool->n || (int)n != pool->s[p].len) fatalf("quark pool: rank %d sent a bad sample %llu", r, (unsigned long long)p);
+            const uint8_t* lp = rd.data + rd.pos;
+            rd.pos += (size_t)(pool->s[p].len - pool->s[p].prompt_len) * sizeof(float);
+            if (rd.pos > rd.len) fatalf("quark pool: rank %d sent a truncated part", r);
+            if (toks[p]) { free(t); continue; } // the same sample from another tp rank
+            owned_toks[p] = t;
+            toks[p] = t;
+            logp[p] = lp;
+        }
+    }
+    ByteBuf b = {0};
+    bytebuf_put_u64(&b, pool->n);
+    for (size_t p = 0; p < pool->n; p++) {
+        const PoolSample* s = &pool->s[p];
+        if (!toks[p]) fatalf("quark pool: no rank holds sample %zu", p);
+        bytebuf_put_f32(&b, s->reward);
+        bytebuf_put_i32(&b, s->bin);
+        bytebuf_put_i32(&b, s->prompt_len);
+        bytebuf_put_i32s(&b, toks[p], (size_t)s->len);
+        bytebuf_put(&b, logp[p], (size_t)(s->len - s->prompt_len) * sizeof(float));
+    }
+    run_state_put_blob(rs, "quark_pool", b.data, b.len);
+    bytebuf_free(&b);
+    for (size_t p = 0; p < pool->n; p++) free(owned_toks[p]);
+    free(owned_toks);
+    free(toks);
+    free(logp);
+    for (int r = 0; r < run->world.par.size; r++) free(parts[r]);
+    free(parts);
+    free(lens);
+}
+
+static void pool_load(RLRun* run, Pool* pool, const RunState* rs) {
+    void* data = NULL;
+    size_t len = 0;
+    run_state_get_blob(rs, "quark_pool", &data, &len);
+    ByteReader rd = {data, len, 0, "quark_pool"};
+    size_t n = (size_t)byteread_u64(&rd);
+    pool->n = 0;
+    pool->cap = n > 256 ? n : 256;
+    pool->s = reallocCheck(pool->s, pool->cap * sizeof(PoolSample));
+    for (size_t p = 0; p < n; p++) {
+        PoolSample* s = &pool->s[pool->n++];
+        memset(s, 0, sizeof *s);
+        s->reward = byteread_f32(&rd);
+        s->bin = byteread_i32(&rd);
+        s->prompt_len = byteread_i32(&rd);
+        size_t nt = 0;
+        int* t = byteread_i32s(&rd, &nt);
+        s->len = (int)nt;
+        const int R = s->len - s->prompt_len;
+        float* lp = mallocCheck((size_t)(R > 0 ? R : 1) * sizeof(float));
+        byteread(&rd, lp, (size_t)R * sizeof(float));
+        const int g = (int)(p % (size_t)run->batch); // its sequence in its iteration
+        if (g >= run->seq0 && g < run->seq0 + run->nloc) {
+            s->owned = 1;
+            s->tokens = t;
+            s->ref_logp = lp;
+        } else {
+            free(t);
+            free(lp);
+        }
+    }
+    byteread_end(&rd);
+    free(data);
+}
+
 int cmd_quark(int argc, char** argv) {
     RLRun run;
     if (rl_run_parse(&run, "quark", SYNOPSIS, argc, argv)) return 0;
@@ -385,7 +508,13 @@ int cmd_quark(int argc, char** argv) {
     double* shared = mallocCheck((size_t)n_all * 3 * sizeof(double)); // every sequence's reward, len, prompt_len
     size_t* pick = mallocCheck((size_t)mb * sizeof(size_t));
 
-    for (int it = 1; it <= run.iterations; it++) {
+    RunState* resumed = rl_resume_state(&run);
+    if (resumed) {
+        pool_load(&run, &pool, resumed);
+        run_state_get_rng(resumed, "rng.pick", &pick_rng);
+    }
+
+    for (int it = run.first_iter; it <= run.iterations; it++) {
         RLIterStats st = {0};
         // ---- exploration with the best quantile's token
         rl_local_prompts(&run, it, prompts, seeds);
@@ -491,24 +620,16 @@ int cmd_quark(int argc, char** argv) {
         json_object_set_new(extra, "pool_best_bin_reward", json_real(best_n ? best_sum / best_n : 0.0));
         json_object_set_new(extra, "grad_norm", json_real(qs.grad_norm));
         rl_log_iteration(&run, it, &st, extra);
-        if (run.stop) break; // graceful stop: rl_finish checkpoints what is done
-
-        if (run.eval_every > 0 && it % run.eval_every == 0 && it != run.iterations && run.num_val > 0) {
-            RolloutEval ev = quark_evaluate(&run, best, mb);
-            if (!run.world.is_root) continue;
-            json_t* row = json_object();
-            json_object_set_new(row, "iter", json_integer(it));
-            json_object_set_new(row, "eval", json_true());
-            json_object_set_new(row, "eval_gold", json_real(ev.gold));
-            json_object_set_new(row, "eval_reward", json_real(ev.reward));
-            json_object_set_new(row, "eval_kl", json_real(ev.kl));
-            json_object_set_new(row, "eval_response_len", json_real(ev.response_len));
-            write_json_line(run.metrics, row);
-            json_decref(row);
-            fflush(run.metrics);
-            fprintf(stderr, "quark eval @ iter %d | held-out gold %+.4f | reward %+.4f | kl %.3f (%d prompts)\n", it,
-                    ev.gold, ev.reward, ev.kl, ev.n);
+        quark_maybe_evaluate(&run, it, best, mb);
+        if (run.ckpt_due) { // exact resume: the pool (every rank's tokens), the pick RNG
+            RunState rs;
+            run_state_init(&rs);
+            pool_save(&run, &pool, &rs);
+            run_state_put_rng(&rs, "rng.pick", &pick_rng);
+            rl_checkpoint(&run, it, NULL, 0, quark_state_json(K, ctrl_base, best), &rs);
+            run_state_free(&rs);
         }
+        if (run.stop) break; // graceful stop after the checkpoint
     }
     if (rows_log && fclose(rows_log) != 0) fatalf("cannot write '%s': %s", rows_path, strerror(errno));
 
@@ -532,10 +653,7 @@ int cmd_quark(int argc, char** argv) {
     json_object_set_new(summary, "best_token", json_integer(best));
     json_object_set_new(summary, "worst_token", json_integer(ctrl_base));
     json_object_set_new(summary, "pool", json_integer((json_int_t)pool.n));
-    json_t* state = json_object();
-    json_object_set_new(state, "bins", json_integer(K));
-    json_object_set_new(state, "control_tokens_first", json_integer(ctrl_base));
-    json_object_set_new(state, "best_token", json_integer(best));
+    json_t* state = quark_state_json(K, ctrl_base, best);
     const size_t num_val = run.num_val;
     run.num_val = 0;
     rl_finish(&run, NULL, 0, state, summary);

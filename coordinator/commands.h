@@ -19,4 +19,6 @@ int cmd_grpo(int argc, char** argv);
 int cmd_rloo(int argc, char** argv);
 int cmd_quark(int argc, char** argv);
 int cmd_dpo(int argc, char** argv);
+int cmd_nlpo(int argc, char** argv);
+int cmd_ilql(int argc, char** argv);
 int cmd_evaluate(int argc, char** argv);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include "sft_data.h"
 #include "../common/tokenizer.h"
+#include "../worker/comm.h"
 #include "../worker/gpt.h"
 
 typedef struct {
@@ -60,3 +61,11 @@ DpoStats dpo_batch_loss(DpoBatch* pb, const DpoPairs* d, const size_t* idx, int 
 void dpo_batch_backward(GPT* model, DpoBatch* pb, int np);
 // Mean stats over all pairs of d (no gradient), reference computed as needed.
 DpoStats dpo_evaluate(GPT* model, GPT* ref, DpoBatch* pb, DpoPairs* d, int max_pairs, int eot, float beta);
+// The same over a dp group (collective; dp may be NULL): each dp rank takes
+// its share of the length-sorted pairs (reference included) and the weighted
+// stats are all-reduced, so every rank gets the means over all of d.
+DpoStats dpo_evaluate_dp(GPT* model, GPT* ref, DpoBatch* pb, DpoPairs* d, int max_pairs, int eot, float beta,
+                         Comm* dp);
+// Batch-mean stats of np pairs on this rank -> the means over every dp rank's
+// pairs (collective; a no-op for a world of one).
+void dpo_stats_reduce(DpoStats* s, double np, Comm* dp);

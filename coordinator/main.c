@@ -23,6 +23,8 @@ static const Command COMMANDS[] = {
     {"rloo",     cmd_rloo,     "RLOO: leave-one-out baseline over G samples per prompt"},
     {"quark",    cmd_quark,    "Quark: reward-quantile control tokens + KL to the reference"},
     {"dpo",      cmd_dpo,      "DPO on preference pairs / rankings, with the reference model"},
+    {"nlpo",     cmd_nlpo,     "NLPO: PPO within the top-p action set of a masking policy (RL4LMs)"},
+    {"ilql",     cmd_ilql,     "ILQL: offline Q-learning heads on scored samples, decoding with Q - V (trlx)"},
     {"evaluate", cmd_evaluate, "held-out gold score, reward and KL of a policy's samples"},
     {"eval",     cmd_eval,     "mean next-token loss of a model on a token shard"},
     {"generate", cmd_generate, "sample text with the KV-cache decoder"},

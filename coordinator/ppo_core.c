@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include "ppo_core.h"
 #include "rl_common.h"
+#include "run_state.h"
 #include "train_util.h"
 #include "../common/check.h"
 #include "../common/rng.h"
@@ -63,6 +64,65 @@ static void value_forward(GPT* trunk, int own_trunk, ValueHead* vh, const int* i
                           float* values) {
     if (own_trunk) gpt_forward_trunk(trunk, inputs, nb, T);
     value_head_forward(vh, trunk, values);
+}
+
+// The value head's parameters and AdamW state, exactly.
+static void value_head_save(const ValueHead* h, RunState* rs) {
+    size_t n = (size_t)h->C + 1;
+    float* buf = mallocCheck(3 * n * sizeof(float));
+    h->ops->to_host(buf, h->params, n * sizeof(float));
+    h->ops->to_host(buf + n, h->m, n * sizeof(float));
+    h->ops->to_host(buf + 2 * n, h->v, n * sizeof(float));
+    run_state_put_blob(rs, "value_head", buf, 3 * n * sizeof(float));
+    run_state_put_i64(rs, "value_head.step", h->step);
+    free(buf);
+}
+
+static void value_head_restore(ValueHead* h, const RunState* rs) {
+    size_t n = (size_t)h->C + 1, len = 0;
+    void* data = NULL;
+    run_state_get_blob(rs, "value_head", &data, &len);
+    if (len != 3 * n * sizeof(float)) fatalf("run state: value_head holds %zu bytes, expected %zu", len, 3 * n * sizeof(float));
+    const float* buf = data;
+    h->ops->to_device(h->params, buf, n * sizeof(float));
+    h->ops->to_device(h->m, buf + n, n * sizeof(float));
+    h->ops->to_device(h->v, buf + 2 * n, n * sizeof(float));
+    h->step = (int)run_state_get_i64(rs, "value_head.step");
+    free(data);
+}
+
+// The critic trunk (ppo.value = critic, tp = 1): parameters, AdamW moments, step.
+static void critic_save(const GPT* g, RunState* rs) {
+    size_t n = g->num_parameters;
+    float* buf = mallocCheck(n * sizeof(float));
+    const float* parts[3] = {g->params_memory, g->m_memory, g->v_memory};
+    const char* names[3] = {"critic.params", "critic.m", "critic.v"};
+    for (int k = 0; k < 3; k++) {
+        if (parts[k]) g->ops->to_host(buf, parts[k], n * sizeof(float));
+        else memset(buf, 0, n * sizeof(float));
+        run_state_put_blob(rs, names[k], buf, n * sizeof(float));
+    }
+    run_state_put_i64(rs, "critic.step", g->adam_step);
+    free(buf);
+}
+
+static void critic_restore(GPT* g, const RunState* rs) {
+    size_t n = g->num_parameters;
+    const char* names[3] = {"critic.params", "critic.m", "critic.v"};
+    if (!g->m_memory) {
+        g->m_memory = g->ops->alloc(n * sizeof(float));
+        g->v_memory = g->ops->alloc(n * sizeof(float));
+    }
+    float* dst[3] = {g->params_memory, g->m_memory, g->v_memory};
+    for (int k = 0; k < 3; k++) {
+        void* data = NULL;
+        size_t len = 0;
+        run_state_get_blob(rs, names[k], &data, &len);
+        if (len != n * sizeof(float)) fatalf("run state: %s holds %zu bytes, expected %zu", names[k], len, n * sizeof(float));
+        g->ops->to_device(dst[k], data, len);
+        free(data);
+    }
+    g->adam_step = (int)run_state_get_i64(rs, "critic.step");
 }
 
 int ppo_main(const char* cmd, const char* synopsis, int argc, char** argv, const PPOVariant* variant) {
@@ -110,7 +170,7 @@ int ppo_main(const char* cmd, const char* synopsis, int argc, char** argv, const
         char* path = cpath[0] ? NULL : rm_path_of_spec(config_str(cfg, "rl.reward"));
         if (!cpath[0] && !path)
             fatalf("ppo.value = critic needs a reward model: set ppo.critic or use an rm: term in rl.reward");
-        rm_load(&critic, cpath[0] ? cpath : path, run.ops);
+        rm_load_tp(&critic, cpath[0] ? cpath : path, run.ops, run.world.par.tp);
         if (critic.gpt.config.channels != C || critic.gpt.config.max_seq_len < ctx)
             fatalf("%s: critic shape (C=%d, ctx=%d) does not fit the policy (C=%d, ctx=%d)",
                    cpath[0] ? cpath : path, critic.gpt.config.channels, critic.gpt.config.max_seq_len, C, ctx);
@@ -145,8 +205,19 @@ int ppo_main(const char* cmd, const char* synopsis, int argc, char** argv, const
     int* mine = mallocCheck((size_t)mb * sizeof(int)); // local indices of a minibatch's own sequences
     Rng shuffle_rng;
     rng_seed(&shuffle_rng, run.seed ^ 0x5DEECE66Dull);
+    RunState* resumed = rl_resume_state(&run);
+    if (resumed) {
+        if (variant && !var->restore_state) fatalf("rlhfd %s: --resume is not supported for this command", cmd);
+        if (use_critic && run.world.par.tp_size > 1)
+            fatalf("rlhfd %s: --resume of ppo.value = critic runs needs parallel.tp = 1", cmd);
+        run_state_get_kl(resumed, "kl", &klc);
+        run_state_get_rng(resumed, "rng.shuffle", &shuffle_rng);
+        value_head_restore(&vh, resumed);
+        if (use_critic) critic_restore(&critic.gpt, resumed);
+        if (var->restore_state) var->restore_state(var->ctx, &run, resumed);
+    }
 
-    for (int iter = 1; iter <= run.iterations; iter++) {
+    for (int iter = run.first_iter; iter <= run.iterations; iter++) {
         RLIterStats st = {0};
         // ---- 1. rollouts
         rl_local_prompts(&run, iter, prompts, seeds);
@@ -385,8 +456,29 @@ int ppo_main(const char* cmd, const char* synopsis, int argc, char** argv, const
         rl_free_per_token(buf.adv, nloc);
         rl_free_per_token(buf.ret, nloc);
         rollout_free(&ro);
-        if (run.stop) break; // graceful stop: the final checkpoint below covers the iterations done
         rl_maybe_evaluate(&run, iter);
+        if (run.ckpt_due) { // exact resume: KL controller, minibatch RNG, value head (+ critic), variant
+            RunState rs;
+            run_state_init(&rs);
+            run_state_put_kl(&rs, "kl", &klc);
+            run_state_put_rng(&rs, "rng.shuffle", &shuffle_rng);
+            value_head_save(&vh, &rs);
+            if (use_critic && run.world.par.tp_size == 1) critic_save(&critic.gpt, &rs);
+            if (var->save_state) var->save_state(var->ctx, &run, &rs);
+            json_t* st_extra = json_object();
+            json_object_set_new(st_extra, "kl_coef", json_real(klc.value));
+            json_object_set_new(st_extra, "value", json_string(value_mode));
+            float* w = mallocCheck((size_t)(C + 1) * sizeof(float));
+            value_head_get(&vh, w, w + C);
+            StWriteTensor head_t[2] = {
+                {.name = "value_head.w", .data = w, .ndim = 1, .shape = {C}},
+                {.name = "value_head.b", .data = w + C, .ndim = 1, .shape = {1}},
+            };
+            rl_checkpoint(&run, iter, use_critic ? NULL : head_t, use_critic ? 0 : 2, st_extra, &rs);
+            free(w);
+            run_state_free(&rs);
+        }
+        if (run.stop) break; // graceful stop after the checkpoint
     }
 
     // ---- final checkpoint (with the value head), evaluation, summary

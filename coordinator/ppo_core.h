@@ -16,6 +16,7 @@
 //   iteration_done  adds the variant's fields to the iteration's metrics line
 //   finish          adds fields to the checkpoint state and the summary line
 //   close           frees what open made
+//   save_state / restore_state   the variant's part of an exact-resume checkpoint
 #pragma once
 #include <jansson.h>
 #include "rl_common.h"
@@ -30,6 +31,11 @@ typedef struct {
     void (*iteration_done)(void* ctx, json_t* extra);
     void (*finish)(void* ctx, json_t* state_extra, json_t* summary_extra);
     void (*close)(void* ctx);
+    // exact resume: the variant's items into / out of the checkpoint's run
+    // state (every rank calls; only rank 0's rs is written). A variant
+    // without them cannot be resumed (--resume is refused).
+    void (*save_state)(void* ctx, RLRun* run, RunState* rs);
+    void (*restore_state)(void* ctx, RLRun* run, const RunState* rs);
 } PPOVariant;
 
 // `rlhfd <cmd>` with PPO's options and config (sections rl, ppo, train, plus

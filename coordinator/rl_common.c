@@ -11,6 +11,7 @@
 #include "../common/rng.h"
 #include "../worker/model_io.h"
 #include "../worker/rl_math.h"
+#include "run_state.h"
 
 int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, char** argv) {
     memset(run, 0, sizeof *run);
@@ -21,6 +22,7 @@ int rl_run_parse(RLRun* run, const char* cmd, const char* synopsis, int argc, ch
     run->cfg = train_cli_config(cmd, synopsis, "PATH: the SFT policy (= model.init): policy and reference start from it",
                                 run_dir, 0, &cli, argc, argv);
     run->overwrite = cli.overwrite;
+    run->resume_spec = cli.resume;
     return run->cfg ? 0 : 1; // 1: --help-config / --print-config done
 }
 
@@ -58,8 +60,7 @@ void rl_run_open(RLRun* run) {
     if (!reward_spec[0])
         fatalf("rlhfd %s: no reward: set rl.reward (rm:PATH, lexicon:FILE, command:PROG or W*SPEC+...)", run->cmd);
 
-    ops_cpu_set_threads(config_int(cfg, "train.threads"));
-    run->ops = ops_cpu();
+    run->ops = ops_from_config(cfg); // run.device, run.precision, train.threads
     train_world_init(&run->world, cfg);
     run->t_start = now_seconds();
     run->seed = (uint64_t)config_int(cfg, "train.seed");
@@ -68,12 +69,27 @@ void rl_run_open(RLRun* run) {
     run->eval_every = config_int(cfg, "rl.eval_every");
     train_world_share(&run->world, run->batch, "rl.batch", &run->seq0, &run->nloc);
 
+    // --resume: the policy, its AdamW state and the run state from a
+    // checkpoint; the reference stays model.init (the SFT model)
+    run->first_iter = 1;
+    const int resuming = train_resume_resolve(run->world.par.world, run->resume_spec, config_str(cfg, "run.dir"),
+                                              run->resume_ckpt, sizeof run->resume_ckpt);
+    run_state_init(&run->resume);
+
     // policy and frozen reference from the same model
     json_t* state = NULL;
-    model_load(&run->policy, init, run->ops, &state);
+    model_load_tp(&run->policy, resuming ? run->resume_ckpt : init, run->ops, run->world.par.tp, &state);
     json_decref(state);
-    model_load(&run->ref, init, run->ops, NULL);
-    config_adopt_model_shape(cfg, run->policy.config, init);
+    model_load_tp(&run->ref, init, run->ops, run->world.par.tp, NULL);
+    config_adopt_model_shape(cfg, run->ref.config, init);
+    if (resuming) {
+        gpt_config_expect(&run->ref.config, &run->policy.config, run->resume_ckpt);
+        checkpoint_load_optimizer(&run->policy, run->resume_ckpt);
+        dp_scatter_optimizer(&run->world.dp, &run->policy);
+        run_state_load(&run->resume, run->resume_ckpt);
+        run->resuming = 1;
+        run->first_iter = (int)run_state_get_i64(&run->resume, "iter") + 1;
+    }
 
     run->tok = tokenizer_load(NULL);
     if (tokenizer_vocab_size(run->tok) > run->policy.config.vocab_size)
@@ -101,6 +117,19 @@ void rl_run_open(RLRun* run) {
     }
     run->order = mallocCheck(run->num_prompts * sizeof(size_t));
     run->order_pos = run->num_prompts; // shuffle on first use
+    if (resuming) { // the data cursor and the totals where the checkpoint left them
+        size_t* order = NULL;
+        run_state_get_order(&run->resume, "prompts", run->num_prompts, &order, &run->order_pos, &run->order_pass);
+        if (order) memcpy(run->order, order, run->num_prompts * sizeof(size_t));
+        free(order);
+        run->t_generate = run_state_get_f64(&run->resume, "t_generate");
+        run->t_score = run_state_get_f64(&run->resume, "t_score");
+        run->t_logprobs = run_state_get_f64(&run->resume, "t_logprobs");
+        run->t_train = run_state_get_f64(&run->resume, "t_train");
+        run->t_eval = run_state_get_f64(&run->resume, "t_eval");
+        run->rollout_tokens = (size_t)run_state_get_i64(&run->resume, "rollout_tokens");
+    }
+    run->ckpt_every = config_int(cfg, "train.checkpoint_every");
 
     run->rollout = rollout_config_default();
     run->rollout.max_new_tokens = config_int(cfg, "rl.max_new_tokens");
@@ -109,7 +138,12 @@ void rl_run_open(RLRun* run) {
     run->adamw = config_adamw(cfg);
 
     run->run_dir = config_str(cfg, "run.dir");
-    if (run->world.is_root) { // rank 0 alone writes the run dir
+    if (run->world.is_root && resuming) { // metrics.jsonl cut back to the checkpoint, then appended to
+        snprintf(run->metrics_path, sizeof run->metrics_path, "%s/metrics.jsonl", run->run_dir);
+        run_state_rewind_metrics(&run->resume, run->metrics_path);
+        run->metrics = run_dir_reopen(run->run_dir, cfg, run->metrics_path, sizeof run->metrics_path);
+        print_banner(run, run->resume_ckpt, reward_spec, gold_spec);
+    } else if (run->world.is_root) { // rank 0 alone writes the run dir
         run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
         print_banner(run, init, reward_spec, gold_spec);
     }
@@ -126,7 +160,10 @@ static void print_banner(RLRun* run, const char* init, const char* reward_spec, 
             run->iterations, run->batch, run->run_dir);
 }
 
+RunState* rl_resume_state(RLRun* run) { return run->resuming ? &run->resume : NULL; }
+
 void rl_run_close(RLRun* run) {
+    run_state_free(&run->resume);
     const int exit_code = run->stop ? run_control_exit_code(&run->control) : 0;
     run_control_finish(&run->control);
     gpt_free(&run->policy);
@@ -273,7 +310,9 @@ void rl_log_iteration(RLRun* run, int iter, const RLIterStats* st, json_t* extra
     unsigned decision = run_control_step(&run->control, iter, "train", row, (double)st->rollout_tokens);
     json_decref(row);
     if (decision & RUN_STOP) run->stop = 1;
-    else if (decision & RUN_CHECKPOINT) rl_checkpoint(run, iter, NULL, 0, NULL);
+    // the command writes it (with its own state) once the iteration is complete
+    run->ckpt_due = (decision & (RUN_STOP | RUN_CHECKPOINT)) != 0 ||
+                    (run->ckpt_every > 0 && iter % run->ckpt_every == 0 && iter < run->iterations);
     if (!run->world.is_root) return;
 
     char eta[32];
@@ -333,11 +372,35 @@ void rl_maybe_evaluate(RLRun* run, int iter) {
             iter, ev.gold, ev.reward, ev.kl, ev.n);
 }
 
-void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra) {
-    // rank 0 writes (ZeRO-1: the moments are gathered from every dp rank first)
+void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra,
+                   RunState* rs) {
+    // world rank 0 writes; the model's other tp ranks take part in the gather
+    // (ZeRO-1: the moments are gathered from every dp rank first)
     run_control_phase(&run->control, "checkpoint");
     dp_gather_optimizer(&run->world.dp, &run->policy);
-    if (run->world.is_root) {
+    run->ckpt_due = 0;
+    run->last_ckpt_iter = iter;
+    int ok = 1;
+    RunState own;
+    run_state_init(&own);
+    if (!rs) rs = &own;
+    if (run->world.is_root) { // what the next iteration needs beyond the weights and AdamW state
+        char err[512];
+        run_state_put_i64(rs, "iter", iter);
+        run_state_put_order(rs, "prompts", run->order, run->num_prompts, run->order_pos, run->order_pass);
+        run_state_put_f64(rs, "t_generate", run->t_generate);
+        run_state_put_f64(rs, "t_score", run->t_score);
+        run_state_put_f64(rs, "t_logprobs", run->t_logprobs);
+        run_state_put_f64(rs, "t_train", run->t_train);
+        run_state_put_f64(rs, "t_eval", run->t_eval);
+        run_state_put_i64(rs, "rollout_tokens", (int64_t)run->rollout_tokens);
+        if (run->metrics && run_state_put_metrics(rs, run->metrics_path, run->metrics, err, sizeof err) != 0) {
+            fprintf(stderr, "rlhfd: warning: checkpoint of iteration %d skipped: %s\n", iter, err);
+            ok = 0;
+        }
+    }
+    comm_broadcast(run->world.par.world, &ok, 1, COMM_I32, 0);
+    if (ok && run->world.par.dp_rank == 0) {
         char* path = run_dir_checkpoint_path(run->run_dir, iter);
         snprintf(run->checkpoint, sizeof run->checkpoint, "%s", path);
         free(path);
@@ -351,18 +414,30 @@ void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_ext
             json_object_foreach(state_extra, key, value) json_object_set(state, key, value);
         }
         json_object_set_new(state, "config", config_to_json(run->cfg));
-        checkpoint_save_extra(&run->policy, run->checkpoint, state, 1, extra, num_extra, NULL);
+        CheckpointSaveOptions o = {.state = state, .with_optimizer = 1, .extra = extra, .num_extra = num_extra};
+        run_state_attach(rs, &o);
+        char err[1024];
+        int rc = checkpoint_try_save(&run->policy, run->checkpoint, &o, err, sizeof err);
         json_decref(state);
-        run_dir_prune(run->run_dir, config_int(run->cfg, "train.keep_checkpoints"));
-        fprintf(stderr, "%s: checkpoint %s\n", run->cmd, run->checkpoint);
+        if (run->world.is_root && rc != 0) {
+            fprintf(stderr, "rlhfd: warning: checkpoint of iteration %d not written: %s (the previous ones stay "
+                            "valid)\n", iter, err);
+        } else if (run->world.is_root) {
+            run_dir_prune(run->run_dir, config_int(run->cfg, "train.keep_checkpoints"));
+            fprintf(stderr, "%s: checkpoint %s\n", run->cmd, run->checkpoint);
+        }
     }
+    run_state_free(&own);
     json_decref(state_extra);
     dp_scatter_optimizer(&run->world.dp, &run->policy);
 }
 
 void rl_finish(RLRun* run, const StWriteTensor* extra, int num_extra, json_t* state_extra,
                json_t* summary_extra) {
-    rl_checkpoint(run, run->stop ? run->iter_done : run->iterations, extra, num_extra, state_extra);
+    // the final checkpoint, unless the command wrote it already (a stop, or its last iteration)
+    const int final_iter = run->stop ? run->iter_done : run->iterations;
+    if (run->last_ckpt_iter != final_iter) rl_checkpoint(run, final_iter, extra, num_extra, state_extra, NULL);
+    else json_decref(state_extra);
     if (!run->world.is_root) goto evaluate;
     if (fclose(run->metrics) != 0) fatalf("cannot write '%s': %s", run->metrics_path, strerror(errno));
     run->metrics = NULL;

@@ -27,6 +27,7 @@
 #include "../worker/rewards.h"
 #include "../worker/rollout.h"
 #include "run_control.h"
+#include "run_state.h"
 #include "train_util.h"
 
 typedef struct {
@@ -66,6 +67,15 @@ typedef struct {
     RunControl control;
     int stop;             // a graceful stop was decided (POST /stop, SIGTERM/SIGUSR1): leave the loop
     int iter_done;        // iterations completed (the final checkpoint's number)
+    // checkpoints and exact resume (--resume auto|CKPT|RUN_DIR)
+    const char* resume_spec;
+    char resume_ckpt[4096];
+    RunState resume;      // the loaded run state (resuming)
+    int resuming;
+    int first_iter;       // 1, or the iteration after the checkpoint's
+    int ckpt_every;       // train.checkpoint_every (iterations; 0: only at the end)
+    int ckpt_due;         // rl_log_iteration: write a checkpoint after this iteration
+    int last_ckpt_iter;
     double comm_seconds;  // time in collectives up to the last metrics row
 } RLRun;
 
@@ -134,9 +144,22 @@ RolloutEval rl_evaluate(RLRun* run);
 // its own metrics line (marked "eval": true) and on stderr.
 void rl_maybe_evaluate(RLRun* run, int iter);
 // Checkpoint RUN_DIR/ckpt-<iter> of the policy (optimizer included; state
-// {"kind", "iterations", <state_extra>}, extra tensors). Collective (ZeRO-1);
-// rank 0 writes. Steals state_extra (may be NULL).
-void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra);
+// {"kind", "iterations", <state_extra>}, extra tensors) with the run state
+// for exact resume: rs (may be NULL) holds the command's own items (KL
+// controller, value head, RNGs, pools...); the iteration, prompt order,
+// totals and metrics mark are added here. Collective; world rank 0 writes;
+// a failed write is a warning. Steals state_extra (may be NULL).
+// The loop of a command:
+//   rl_log_iteration(&run, it, &st, extra);
+//   if (run.ckpt_due) { RunState rs; run_state_init(&rs); ...puts...;
+//                       rl_checkpoint(&run, it, NULL, 0, NULL, &rs); run_state_free(&rs); }
+//   if (run.stop) break;
+// and before it, for `for (it = run.first_iter; ...)`, restore the same items
+// from rl_resume_state(&run) when it is not NULL.
+void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra,
+                   RunState* rs);
+// The run state of the checkpoint being resumed, or NULL for a fresh run.
+RunState* rl_resume_state(RLRun* run);
 // Writes the final checkpoint RUN_DIR/ckpt-<iterations> (optimizer included,
 // state {"kind": cmd, "iterations", <state_extra>}, plus extra tensors),
 // closes metrics.jsonl, runs the final held-out evaluation and prints the

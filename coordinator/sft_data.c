@@ -1,6 +1,7 @@
 // sft_data.c - tokenized demonstrations, padded masked batches, the
 // length-bucketed order and the held-out loss (see sft_data.h).
 #include "sft_data.h"
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../common/check.h"
@@ -195,17 +196,72 @@ void sft_sampler_free(SftSampler* s) {
     memset(s, 0, sizeof *s);
 }
 
+// item names "KEY.SUFFIX" (keys are short: run_state.h allows 64 characters)
+static const char* sampler_key(char* buf, size_t cap, const char* key, const char* suffix) {
+    if ((size_t)snprintf(buf, cap, "%s.%s", key, suffix) >= cap) fatalf("run-state key '%s' is too long", key);
+    return buf;
+}
+
+void sft_sampler_save(const SftSampler* s, RunState* rs, const char* key) {
+    assertCheck(s->epoch > 0); // the order is drawn by the first sft_sampler_next
+    char k[96];
+    run_state_put_rng(rs, sampler_key(k, sizeof k, key, "rng"), &s->rng);
+    run_state_put_order(rs, sampler_key(k, sizeof k, key, "order"), s->order, s->data->n, s->next,
+                        (uint64_t)s->epoch);
+    // batch offsets run up to n inclusive: a blob, not an order
+    ByteBuf b = {0};
+    for (size_t i = 0; i <= s->num_batches; i++) bytebuf_put_u64(&b, (uint64_t)s->batch_start[i]);
+    run_state_put_blob(rs, sampler_key(k, sizeof k, key, "batches"), b.data, b.len);
+    bytebuf_free(&b);
+}
+
+void sft_sampler_restore(SftSampler* s, const RunState* rs, const char* key) {
+    char k[96];
+    run_state_get_rng(rs, sampler_key(k, sizeof k, key, "rng"), &s->rng);
+    size_t* order = NULL;
+    size_t next;
+    uint64_t epoch;
+    run_state_get_order(rs, sampler_key(k, sizeof k, key, "order"), s->data->n, &order, &next, &epoch);
+    void* blob;
+    size_t len;
+    run_state_get_blob(rs, sampler_key(k, sizeof k, key, "batches"), &blob, &len);
+    ByteReader r = {.data = blob, .len = len, .pos = 0, .what = k};
+    if (len != (s->num_batches + 1) * sizeof(uint64_t) || next > s->num_batches || epoch < 1 || epoch > INT32_MAX)
+        fatalf("%s: %s: %zu batch offsets, epoch %" PRIu64 ", next batch %zu do not fit this data and "
+               "train.batch = %d (%zu batches per epoch): resume needs the same data and batch size",
+               rs->dir, k, len / sizeof(uint64_t), epoch, next, s->batch_size, s->num_batches);
+    for (size_t i = 0; i <= s->num_batches; i++) {
+        uint64_t v = byteread_u64(&r);
+        if (v > s->data->n || (i > 0 && v < s->batch_start[i - 1]))
+            fatalf("%s: %s: batch offset %zu is %" PRIu64 " (invalid)", rs->dir, k, i, v);
+        s->batch_start[i] = (size_t)v;
+    }
+    byteread_end(&r);
+    memcpy(s->order, order, s->data->n * sizeof(size_t));
+    s->next = next;
+    s->epoch = (int)epoch;
+    free(order);
+    free(blob);
+}
+
 // ----------------------------------------------------------------------------
 // evaluation
 
 double sft_eval(GPT* model, const SftData* d, SftBatch* b, int pad_token, size_t* loss_tokens) {
+    return sft_eval_dp(model, d, b, pad_token, NULL, loss_tokens);
+}
+
+double sft_eval_dp(GPT* model, const SftData* d, SftBatch* b, int pad_token, Comm* dp,
+                   size_t* loss_tokens) {
     size_t* idx = mallocCheck(d->n * sizeof(size_t));
     for (size_t i = 0; i < d->n; i++) idx[i] = i;
     sort_by_length(d, idx, d->n); // similar lengths together: least padding
+    size_t first = 0, last = d->n; // this dp rank's examples of the sorted order
+    if (dp) parallel_share(d->n, dp->rank, dp->size, &first, &last);
     double loss_sum = 0.0;
     size_t total = 0;
-    for (size_t i = 0; i < d->n; i += (size_t)b->max_B) {
-        int B = d->n - i < (size_t)b->max_B ? (int)(d->n - i) : b->max_B;
+    for (size_t i = first; i < last; i += (size_t)b->max_B) {
+        int B = last - i < (size_t)b->max_B ? (int)(last - i) : b->max_B;
         sft_batch_fill(b, d, idx + i, B, pad_token);
         gpt_forward(model, b->inputs, b->targets, b->mask, b->B, b->T);
         // mean_loss is the batch's mean over its loss tokens: weigh it back
@@ -213,6 +269,26 @@ double sft_eval(GPT* model, const SftData* d, SftBatch* b, int pad_token, size_t
         total += b->loss_tokens;
     }
     free(idx);
+    if (dp && dp->size > 1) {
+        double sums[2] = {loss_sum, (double)total};
+        const char* old = comm_set_phase(dp, "SFT held-out loss");
+        comm_allreduce_f64(dp, sums, 2);
+        comm_set_phase(dp, old);
+        loss_sum = sums[0];
+        total = (size_t)sums[1];
+    }
     if (loss_tokens) *loss_tokens = total;
     return total ? loss_sum / (double)total : 0.0;
+}
+
+void sft_count_tokens(const SftData* d, const size_t* idx, int B, size_t* loss_tokens,
+                      size_t* real_tokens) {
+    size_t loss = 0, real = 0;
+    for (int r = 0; r < B; r++) {
+        const SftExample* e = &d->examples[idx[r]];
+        loss += (size_t)(e->len - e->prompt_len);
+        real += (size_t)(e->len - 1);
+    }
+    *loss_tokens = loss;
+    *real_tokens = real;
 }

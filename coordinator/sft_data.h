@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include "../common/rng.h"
 #include "../common/tokenizer.h"
+#include "run_state.h"
+#include "../worker/comm.h"
 #include "../worker/gpt.h"
 
 typedef struct {
@@ -91,6 +93,13 @@ void sft_sampler_init(SftSampler* s, const SftData* d, int batch_size, uint64_t 
 // is used up. Valid until the next call.
 const size_t* sft_sampler_next(SftSampler* s, int* B);
 void sft_sampler_free(SftSampler* s);
+// Exact resume (run_state.h): the sampler's whole state (generator, this
+// epoch's order and batch offsets, next batch, epoch) as the items KEY.rng,
+// KEY.order and KEY.batches. Save after at least one sft_sampler_next.
+void sft_sampler_save(const SftSampler* s, RunState* rs, const char* key);
+// Into a sampler fresh from sft_sampler_init over the same data and batch
+// size (fatal, naming the checkpoint, when they differ).
+void sft_sampler_restore(SftSampler* s, const RunState* rs, const char* key);
 
 // ---- evaluation
 
@@ -98,3 +107,13 @@ void sft_sampler_free(SftSampler* s);
 // weighs the same), in batches of up to b->max_B rows sorted by length.
 // *loss_tokens (may be NULL) receives the number of tokens averaged over.
 double sft_eval(GPT* model, const SftData* d, SftBatch* b, int pad_token, size_t* loss_tokens);
+// The same over a dp group (collective; dp may be NULL): each dp rank takes
+// its share of the length-sorted examples, the loss sum and token count are
+// all-reduced, so every rank gets the mean over all of d.
+double sft_eval_dp(GPT* model, const SftData* d, SftBatch* b, int pad_token, Comm* dp,
+                   size_t* loss_tokens);
+// Over examples idx[0..B): *loss_tokens = sum of len - prompt_len (the
+// positions the masked loss averages over), *real_tokens = sum of len - 1.
+// A dp rank counts the whole global batch without a collective.
+void sft_count_tokens(const SftData* d, const size_t* idx, int B, size_t* loss_tokens,
+                      size_t* real_tokens);

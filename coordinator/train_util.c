@@ -407,6 +407,33 @@ Config* train_cli_config(const char* cmd, const char* synopsis, const char* mode
     return cfg;
 }
 
+const Ops* ops_by_name(const char* device, const char* precision, int threads, const char* what) {
+    int bf16 = 0;
+    if (!strcmp(precision, "bf16")) bf16 = 1;
+    else if (strcmp(precision, "fp32")) fatalf("%s: precision '%s' is neither fp32 nor bf16", what, precision);
+    if (!strcmp(device, "cpu")) {
+        if (bf16) fatalf("%s: precision bf16 needs device cuda (the CPU backend is fp32 only)", what);
+        ops_cpu_set_threads(threads);
+        return ops_cpu();
+    }
+    if (strcmp(device, "cuda")) fatalf("%s: device '%s' is neither cpu nor cuda", what, device);
+    // the collectives of dp/tp still move host buffers over MPI; NCCL
+    // (worker/comm_nccl.c) is built but not yet wired into them
+    if (comm_mpi_world_size() > 1)
+        fatalf("%s: device cuda runs one process for now (this run has %d ranks): data and tensor parallelism "
+               "on GPUs need the NCCL wiring that is not done yet", what, comm_mpi_world_size());
+    const Ops* ops = ops_cuda();
+    if (!ops) fatalf("%s: device cuda: no usable GPU (%s)", what, ops_cuda_error());
+    ops_cuda_set_bf16(bf16);
+    ops_cpu_set_threads(threads); // host-side work (sampling, data) still uses the CPU
+    return ops;
+}
+
+const Ops* ops_from_config(const Config* cfg) {
+    return ops_by_name(config_str(cfg, "run.device"), config_str(cfg, "run.precision"),
+                       config_int(cfg, "train.threads"), "run.device / run.precision");
+}
+
 AdamWConfig config_adamw(const Config* cfg) {
     AdamWConfig a = {
         .lr = config_float(cfg, "train.lr"),

@@ -118,6 +118,15 @@ void format_duration(double seconds, char* buf, size_t cap);
 // train.weight_decay and train.grad_clip.
 AdamWConfig config_adamw(const Config* cfg);
 
+// ---- compute backend
+// The backend named by run.device (cpu | cuda), with run.precision (fp32 |
+// bf16, CUDA matmuls only); the CPU's threads come from train.threads.
+// Fatal, with the reason, on an unknown name or when cuda has no usable GPU.
+const Ops* ops_from_config(const Config* cfg);
+// The same from the names themselves (commands without a config: --device,
+// --precision); what names the option in errors.
+const Ops* ops_by_name(const char* device, const char* precision, int threads, const char* what);
+
 // ---- the command-line front end shared by the training commands
 // (pretrain, sft, rm, ...): --config FILE, --set K=V (repeatable), --model PATH,
 // --overwrite, --print-config, --help-config, and --skip-bad if with_skip_bad.

@@ -2,7 +2,7 @@
 # Plots the learning curves of every RL stage of a demo run:
 #   deploy/plot-curves.sh DIR [OUT.png]      (default DIR/curves.png)
 # reads DIR/<algo>/metrics.jsonl (one JSON object per iteration, written by
-# `rlhfd ppo|quark|pg|grpo|rloo|dpo`) and draws three panels, one line per
+# `rlhfd ppo|quark|pg|grpo|rloo|dpo|nlpo|ilql`) and draws three panels, one line per
 # algorithm: reward (the RM score the policy trains on), gold (AFINN score it
 # never sees) and KL to the SFT reference (nats per sequence), per iteration.
 # Needs gnuplot (gnuplot-nox, installed by deploy/install-deps.sh); exits 3
@@ -14,7 +14,7 @@ command -v gnuplot >/dev/null || { echo "plot-curves: gnuplot is not installed (
 [ -d "$dir" ] || { echo "plot-curves: $dir: no such directory" >&2; exit 1; }
 
 algos=()
-for a in ppo quark pg grpo rloo dpo; do
+for a in ppo quark pg grpo rloo dpo nlpo ilql; do
   [ -s "$dir/$a/metrics.jsonl" ] && algos+=("$a")
 done
 ((${#algos[@]})) || { echo "plot-curves: no $dir/<algo>/metrics.jsonl to plot" >&2; exit 1; }
@@ -39,7 +39,7 @@ for a in "${algos[@]}"; do
     }
   ' "$dir/$a/metrics.jsonl" > "$tmp/$a.dat"
 done
-# offline algorithms (DPO) log losses per step, not samples: nothing to draw
+# offline algorithms (DPO, ILQL) log losses per step, not samples: nothing to draw
 plotted=()
 for a in "${algos[@]}"; do
   if [ -s "$tmp/$a.dat" ]; then plotted+=("$a"); else echo "plot-curves: $a logs no reward/gold/kl per iteration; left out" >&2; fi

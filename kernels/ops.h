@@ -30,6 +30,16 @@ typedef struct Ops {
     // out (R,C) = wte[tok[r]] + wpe[pos[r]]   (generation: rows at any position)
     void (*encoder_rows)(float* out, const int* tok, const int* pos, const float* wte,
                          const float* wpe, int R, int C);
+    // Vocab-parallel embedding (tensor parallelism): this rank holds rows
+    // [v0, v0+Vl) of wte only. out (R,C) = (v0 <= tok[r] < v0+Vl ? wte[tok[r]-v0] : 0)
+    // + (wpe ? wpe[pos[r]] : 0); the caller all-reduces out over the ranks.
+    void (*encoder_shard_forward)(float* out, const int* tok, const int* pos, const float* wte,
+                                  const float* wpe, int v0, int Vl, int R, int C);
+    // dwte[tok[r]-v0] += dout[r] for the rows this rank holds; dwpe[pos[r]] += dout[r]
+    // (dwpe may be NULL). Summation order per row of dwte/dwpe is r ascending, as
+    // encoder_backward's.
+    void (*encoder_shard_backward)(float* dwte, float* dwpe, const float* dout, const int* tok,
+                                   const int* pos, int v0, int Vl, int R, int C);
 
     // ---- LayerNorm over the last dim. inp,out (N,C); mean,rstd (N)
     void (*layernorm_forward)(float* out, float* mean, float* rstd, const float* inp,
@@ -80,6 +90,20 @@ typedef struct Ops {
     // losses are the forward's: logsumexp = loss + logit[target], so no second pass.
     void (*crossentropy_backward)(float* dlogits, const float* logits, const float* losses,
                                   const float* dlosses, const int* targets, int N, int V);
+    // Vocab-parallel cross-entropy (Megatron-LM). This rank holds the logits of
+    // vocab ids [v0, v0+Vl), stored (N,Vp) with Vp >= Vl (columns >= Vl are
+    // padding: never a token, ignored). stats (N,3) = [max over the Vl real
+    // columns (-inf if Vl == 0), sum exp(logit - max), logit of targets[n] if this
+    // rank holds it else 0]; rows with targets[n] < 0 get [0, 0, 0]. The caller
+    // combines the ranks' stats into each row's logsumexp (lse) and loss.
+    void (*crossentropy_shard_stats)(float* stats, const float* logits, const int* targets,
+                                     int v0, int Vl, int N, int Vp);
+    // dlogits (N,Vp) = (exp(logit - lse[n]) - onehot(targets[n] - v0)) * dlosses[n] on
+    // the real columns, 0 on padding and on rows with dlosses[n]==0 or targets[n] < 0;
+    // may alias logits.
+    void (*crossentropy_shard_backward)(float* dlogits, const float* logits, const float* lse,
+                                        const float* dlosses, const int* targets, int v0, int Vl,
+                                        int N, int Vp);
 
     // ---- optimizer
     double (*sum_squares)(const float* x, size_t n);
@@ -95,3 +119,17 @@ const Ops* ops_cpu(void);
 // Sets the number of threads (OpenMP and BLAS); n <= 0 leaves the default.
 void ops_cpu_set_threads(int n);
 int ops_cpu_threads(void);
+
+// The CUDA backend (kernels/cuda) on this rank's GPU: the launcher's local
+// rank modulo the visible devices. NULL, after printing "no CUDA device:
+// <reason>" on stderr, where there is no usable GPU or rlhfd was built
+// without CUDA. Pointers are device pointers; att/scratch of the attention
+// ops are not used (see kernels/cuda/attention.cu).
+const Ops* ops_cuda(void);
+// Why ops_cuda() returned NULL ("" if it did not).
+const char* ops_cuda_error(void);
+// Matmul precision of the CUDA backend: 0 = exact fp32 (default), 1 = bf16
+// inputs with fp32 accumulation (tensor cores); everything else stays fp32.
+void ops_cuda_set_bf16(int on);
+// The CUDA device index ops_cuda() selected; -1 before it or without a GPU.
+int ops_cuda_device(void);

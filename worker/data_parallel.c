@@ -67,8 +67,8 @@ float dp_update(DataParallel* d, GPT* model, const AdamWConfig* cfg) {
     if (!model->grads_memory) fatalf("dp_update needs gradients (backward first)");
     zero1_setup(d, model);
     // the gradients are identical on every dp rank after the all-reduce: the
-    // full norm is computed locally, exactly as gpt_update does
-    float norm = (float)sqrt(ops->sum_squares(model->grads_memory, model->num_parameters));
+    // norm is the whole model's (over the tp shards), exactly as gpt_update's
+    float norm = (float)sqrt(gpt_grad_sumsq(model));
     model->last_grad_norm = norm;
     float grad_scale = 1.0f;
     if (cfg->grad_clip > 0.0f) {

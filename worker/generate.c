@@ -13,11 +13,15 @@
 // earlier positions in the cache or in its own chunk.
 #define ROWS_PER_CHUNK 512
 
+// Under tensor parallelism (gpt.h) each rank's cache holds its own heads:
+// width Ca = C/tp instead of C; the rows' qkv and MLP buffers shrink the same
+// way, the residual stream stays (R, C) and replicated.
 struct KVCache {
     const Ops* ops;
     int num_seqs, max_t, num_layers, channels, num_heads, vocab;
-    float* kcache; // (L, S, maxT, C) on the device
-    float* vcache; // (L, S, maxT, C)
+    int tp_size, c_attn, vocab_shard; // tp ranks; this rank's attention width Ca and vocab rows Vp
+    float* kcache; // (L, S, maxT, Ca) on the device
+    float* vcache; // (L, S, maxT, Ca)
     // row workspace on the device, capacity cap_rows
     int cap_rows;
     int* d_seq;      // (R)
@@ -27,16 +31,19 @@ struct KVCache {
     float* ln;       // (R, C) LayerNorm output (ln1, ln2, lnf in turn)
     float* ln_mean;  // (R)
     float* ln_rstd;  // (R)
-    float* qkv;      // (R, 3C)
-    float* atty;     // (R, C)
+    float* qkv;      // (R, 3Ca)
+    float* atty;     // (R, Ca)
     float* proj;     // (R, C) attention / MLP projection output
     float* res2;     // (R, C) residual after attention
-    float* fch;      // (R, 4C)
-    float* fch_gelu; // (R, 4C)
+    float* fch;      // (R, 4Ca)
+    float* fch_gelu; // (R, 4Ca)
     float* head_in;  // (R, C) lnf of the wanted rows, compacted
     float* host_rows; // (R, C) host staging to compact the wanted rows
     int cap_logit_rows;
-    float* logits;   // (W, V) logits of the wanted rows, capacity cap_logit_rows
+    float* logits;   // (W, V) logits of the wanted rows, capacity cap_logit_rows;
+                     // under tp (tp, W, Vp): every rank's vocab shard, gathered
+    float* host_logits; // (tp, W, Vp) host staging of the gathered shards (tp only)
+    const float* last_hidden; // (W, C) lnf of the wanted rows of the last forward (head_in or ln)
 };
 
 static void kv_free_rows(KVCache* kv) {
@@ -54,7 +61,15 @@ static void kv_free_rows(KVCache* kv) {
 static void kv_reserve_logits(KVCache* kv, int W) {
     if (W <= kv->cap_logit_rows) return;
     if (kv->logits) kv->ops->free(kv->logits);
-    kv->logits = kv->ops->alloc((size_t)W * kv->vocab * sizeof(float));
+    free(kv->host_logits);
+    kv->host_logits = NULL;
+    if (kv->tp_size == 1) {
+        kv->logits = kv->ops->alloc((size_t)W * kv->vocab * sizeof(float));
+    } else {
+        size_t n = (size_t)kv->tp_size * W * kv->vocab_shard;
+        kv->logits = kv->ops->alloc(n * sizeof(float));
+        kv->host_logits = mallocCheck(n * sizeof(float));
+    }
     kv->cap_logit_rows = W;
 }
 
@@ -63,7 +78,7 @@ static void kv_reserve_rows(KVCache* kv, int R) {
     if (R <= kv->cap_rows) return;
     kv_free_rows(kv);
     const Ops* o = kv->ops;
-    size_t r = (size_t)R, C = (size_t)kv->channels;
+    size_t r = (size_t)R, C = (size_t)kv->channels, Ca = (size_t)kv->c_attn;
     kv->d_seq = o->alloc(r * sizeof(int));
     kv->d_pos = o->alloc(r * sizeof(int));
     kv->d_tok = o->alloc(r * sizeof(int));
@@ -71,12 +86,12 @@ static void kv_reserve_rows(KVCache* kv, int R) {
     kv->ln = o->alloc(r * C * sizeof(float));
     kv->ln_mean = o->alloc(r * sizeof(float));
     kv->ln_rstd = o->alloc(r * sizeof(float));
-    kv->qkv = o->alloc(r * 3 * C * sizeof(float));
-    kv->atty = o->alloc(r * C * sizeof(float));
+    kv->qkv = o->alloc(r * 3 * Ca * sizeof(float));
+    kv->atty = o->alloc(r * Ca * sizeof(float));
     kv->proj = o->alloc(r * C * sizeof(float));
     kv->res2 = o->alloc(r * C * sizeof(float));
-    kv->fch = o->alloc(r * 4 * C * sizeof(float));
-    kv->fch_gelu = o->alloc(r * 4 * C * sizeof(float));
+    kv->fch = o->alloc(r * 4 * Ca * sizeof(float));
+    kv->fch_gelu = o->alloc(r * 4 * Ca * sizeof(float));
     kv->head_in = o->alloc(r * C * sizeof(float));
     kv->host_rows = mallocCheck(r * C * sizeof(float));
     kv->cap_rows = R;
@@ -93,7 +108,10 @@ KVCache* kvcache_new(const GPT* model, int num_seqs) {
     kv->channels = c->channels;
     kv->num_heads = c->num_heads;
     kv->vocab = c->vocab_size;
-    size_t n = (size_t)c->num_layers * num_seqs * c->max_seq_len * c->channels;
+    kv->tp_size = model->tp_size;
+    kv->c_attn = c->channels / model->tp_size;
+    kv->vocab_shard = model->vocab_shard;
+    size_t n = (size_t)c->num_layers * num_seqs * c->max_seq_len * kv->c_attn;
     kv->kcache = kv->ops->alloc(n * sizeof(float));
     kv->vcache = kv->ops->alloc(n * sizeof(float));
     return kv;
@@ -103,6 +121,7 @@ void kvcache_free(KVCache* kv) {
     if (!kv) return;
     kv_free_rows(kv);
     if (kv->logits) kv->ops->free(kv->logits);
+    free(kv->host_logits);
     kv->ops->free(kv->kcache);
     kv->ops->free(kv->vcache);
     free(kv);
@@ -121,34 +140,39 @@ static void check_rows(const KVCache* kv, const int* seq, const int* pos, const 
     }
 }
 
-// One transformer block over the rows in kv->x (R,C), in place.
+// One transformer block over the rows in kv->x (R,C), in place. Under tp:
+// this rank's heads and hidden units, the two row-parallel projections
+// all-reduced (their biases added by tp rank 0 only), as gpt_forward does.
 static void block_rows(GPT* model, KVCache* kv, int l, int R) {
     const Ops* o = model->ops;
     const ParameterTensors* p = &model->params;
-    size_t C = (size_t)kv->channels;
-    size_t cache_layer = (size_t)kv->num_seqs * kv->max_t * C;
-    float* kl = kv->kcache + l * cache_layer; // (S, maxT, C)
+    size_t C = (size_t)kv->channels, Ca = (size_t)kv->c_attn;
+    int NH = kv->num_heads / kv->tp_size;
+    const float* attprojb = model->tp_rank == 0 ? p->attprojb + l * C : NULL;
+    const float* fcprojb = model->tp_rank == 0 ? p->fcprojb + l * C : NULL;
+    size_t cache_layer = (size_t)kv->num_seqs * kv->max_t * Ca;
+    float* kl = kv->kcache + l * cache_layer; // (S, maxT, Ca)
     float* vl = kv->vcache + l * cache_layer;
 
     o->layernorm_forward(kv->ln, kv->ln_mean, kv->ln_rstd, kv->x, p->ln1w + l * C, p->ln1b + l * C,
                          R, (int)C);
-    o->matmul_forward(kv->qkv, kv->ln, p->qkvw + l * 3 * C * C, p->qkvb + l * 3 * C, R, (int)C,
-                      (int)(3 * C));
+    o->matmul_forward(kv->qkv, kv->ln, p->qkvw + l * 3 * Ca * C, p->qkvb + l * 3 * Ca, R, (int)C,
+                      (int)(3 * Ca));
     // every row's K,V goes in before any row attends: rows of one sequence in
     // this call see each other causally
-    o->kv_store(kl, vl, kv->qkv, kv->d_seq, kv->d_pos, R, kv->max_t, (int)C);
-    o->attention_rows(kv->atty, kv->qkv, kl, vl, kv->d_seq, kv->d_pos, R, kv->max_t, (int)C,
-                      kv->num_heads);
-    o->matmul_forward(kv->proj, kv->atty, p->attprojw + l * C * C, p->attprojb + l * C, R, (int)C,
-                      (int)C);
+    o->kv_store(kl, vl, kv->qkv, kv->d_seq, kv->d_pos, R, kv->max_t, (int)Ca);
+    o->attention_rows(kv->atty, kv->qkv, kl, vl, kv->d_seq, kv->d_pos, R, kv->max_t, (int)Ca, NH);
+    o->matmul_forward(kv->proj, kv->atty, p->attprojw + l * C * Ca, attprojb, R, (int)Ca, (int)C);
+    comm_allreduce_f32(model->tp, kv->proj, (size_t)R * C);
     o->residual_forward(kv->res2, kv->x, kv->proj, (size_t)R * C);
     o->layernorm_forward(kv->ln, kv->ln_mean, kv->ln_rstd, kv->res2, p->ln2w + l * C,
                          p->ln2b + l * C, R, (int)C);
-    o->matmul_forward(kv->fch, kv->ln, p->fcw + l * 4 * C * C, p->fcb + l * 4 * C, R, (int)C,
-                      (int)(4 * C));
-    o->gelu_forward(kv->fch_gelu, kv->fch, (size_t)R * 4 * C);
-    o->matmul_forward(kv->proj, kv->fch_gelu, p->fcprojw + l * C * 4 * C, p->fcprojb + l * C, R,
-                      (int)(4 * C), (int)C);
+    o->matmul_forward(kv->fch, kv->ln, p->fcw + l * 4 * Ca * C, p->fcb + l * 4 * Ca, R, (int)C,
+                      (int)(4 * Ca));
+    o->gelu_forward(kv->fch_gelu, kv->fch, (size_t)R * 4 * Ca);
+    o->matmul_forward(kv->proj, kv->fch_gelu, p->fcprojw + l * C * 4 * Ca, fcprojb, R, (int)(4 * Ca),
+                      (int)C);
+    comm_allreduce_f32(model->tp, kv->proj, (size_t)R * C);
     o->residual_forward(kv->x, kv->res2, kv->proj, (size_t)R * C);
 }
 
@@ -157,7 +181,7 @@ int gpt_forward_rows(GPT* model, KVCache* kv, const int* seq, const int* pos, co
     if (R <= 0) return 0;
     if (kv->ops != model->ops || kv->channels != model->config.channels ||
         kv->num_layers != model->config.num_layers || kv->max_t != model->config.max_seq_len ||
-        kv->vocab != model->config.vocab_size)
+        kv->vocab != model->config.vocab_size || kv->tp_size != model->tp_size)
         fatalf("generate: the KV cache was made for a different model");
     check_rows(kv, seq, pos, tok, R);
     kv_reserve_rows(kv, R);
@@ -168,7 +192,13 @@ int gpt_forward_rows(GPT* model, KVCache* kv, const int* seq, const int* pos, co
     o->to_device(kv->d_seq, seq, (size_t)R * sizeof(int));
     o->to_device(kv->d_pos, pos, (size_t)R * sizeof(int));
     o->to_device(kv->d_tok, tok, (size_t)R * sizeof(int));
-    o->encoder_rows(kv->x, kv->d_tok, kv->d_pos, p->wte, p->wpe, R, C); // (R,C)
+    if (model->tp_size == 1) {
+        o->encoder_rows(kv->x, kv->d_tok, kv->d_pos, p->wte, p->wpe, R, C); // (R,C)
+    } else { // vocab-parallel lookup, wpe from rank 0, summed over the ranks
+        o->encoder_shard_forward(kv->x, kv->d_tok, kv->d_pos, p->wte, model->tp_rank == 0 ? p->wpe : NULL,
+                                 model->vocab_start, model->vocab_valid, R, C);
+        comm_allreduce_f32(model->tp, kv->x, (size_t)R * C);
+    }
     for (int l = 0; l < kv->num_layers; l++) block_rows(model, kv, l, R);
     o->layernorm_forward(kv->ln, kv->ln_mean, kv->ln_rstd, kv->x, p->lnfw, p->lnfb, R, C);
 
@@ -189,12 +219,32 @@ int gpt_forward_rows(GPT* model, KVCache* kv, const int* seq, const int* pos, co
     } else {
         wanted = R;
     }
+    kv->last_hidden = head_in;
     if (wanted == 0) return 0;
     kv_reserve_logits(kv, wanted);
-    o->matmul_forward(kv->logits, head_in, p->wte, NULL, wanted, C, V); // (W,V), tied head
-    o->to_host(logits_out, kv->logits, (size_t)wanted * V * sizeof(float));
+    if (model->tp_size == 1) {
+        o->matmul_forward(kv->logits, head_in, p->wte, NULL, wanted, C, V); // (W,V), tied head
+        o->to_host(logits_out, kv->logits, (size_t)wanted * V * sizeof(float));
+        return wanted;
+    }
+    // vocab-parallel head: every rank's (W,Vp) shard gathered, so every rank
+    // samples from the same full logits (same seeds -> same tokens)
+    int Vp = kv->vocab_shard, P = kv->tp_size;
+    size_t per = (size_t)wanted * Vp;
+    float* mine = kv->logits + (size_t)model->tp_rank * per;
+    o->matmul_forward(mine, head_in, p->wte, NULL, wanted, C, Vp); // (W,Vp)
+    comm_allgather(model->tp, mine, kv->logits, per, COMM_F32);
+    o->to_host(kv->host_logits, kv->logits, (size_t)P * per * sizeof(float));
+    for (int r = 0; r < P; r++) {
+        int v0 = r * Vp, nv = V - v0 < Vp ? V - v0 : Vp; // the padding columns are dropped
+        for (int w = 0; nv > 0 && w < wanted; w++)
+            memcpy(logits_out + (size_t)w * V + v0, kv->host_logits + (size_t)r * per + (size_t)w * Vp,
+                   (size_t)nv * sizeof(float));
+    }
     return wanted;
 }
+
+const float* kvcache_last_hidden(const KVCache* kv) { return kv->last_hidden; }
 
 // ---------------------------------------------------------------- sampling
 
@@ -343,6 +393,9 @@ static void run_rows(GPT* model, KVCache* kv, Decoder* d, int R) {
         int r = R - start < ROWS_PER_CHUNK ? R - start : ROWS_PER_CHUNK;
         int w = gpt_forward_rows(model, kv, d->seq + start, d->pos + start, d->tok + start, r,
                                  d->want + start, d->logits);
+        if (w > 0 && d->cfg->hook)
+            d->cfg->hook->fn(d->cfg->hook->ctx, d->seq + start, d->pos + start, d->tok + start, d->want + start, r,
+                             kvcache_last_hidden(kv), d->logits, w, d->V);
         int* owner = mallocCheck((size_t)(w ? w : 1) * sizeof(int)); // sequence of each wanted row
         for (int k = 0, q = 0; k < r; k++)
             if (d->want[start + k]) owner[q++] = d->seq[start + k];

@@ -16,6 +16,22 @@
 #include "gpt.h"
 #include "../common/rng.h"
 
+// A hook on the logits of the rows a decoding step samples from, called after
+// the model's forward and before sampling (NLPO: mask everything outside the
+// masking policy's top-p; ILQL: add beta * (Q - V) from heads on the trunk).
+// Rows are those of one gpt_forward_rows call: seq/pos/tok (R) as given to it
+// (prefill rows included, so a hook with its own model can run the same rows
+// through its own KV cache), want (R) the rows whose logits were computed;
+// hidden (W,C) on the model's device: their final hidden state (lnf);
+// logits (W,V) on the host, in row order, modified in place. What the hook
+// leaves is what is sampled from, and what Generation.logprobs report.
+// Hooks run on the calling thread, one chunk of rows at a time.
+typedef struct {
+    void (*fn)(void* ctx, const int* seq, const int* pos, const int* tok, const int* want, int R,
+               const float* hidden, float* logits, int W, int V);
+    void* ctx;
+} LogitsHook;
+
 typedef struct {
     int max_new_tokens; // upper bound on new tokens per sequence (>= 0)
     float temperature;  // 0 = greedy (argmax; ties -> lowest id)
@@ -23,6 +39,7 @@ typedef struct {
     float top_p;        // nucleus: smallest set of top tokens with mass >= top_p,
                         // after temperature and top-k; always keeps the top one. 1 = off
     int eot;            // stop after sampling this token (kept in the output); -1 = none
+    const LogitsHook* hook; // NULL = none; see LogitsHook
 } SampleConfig;
 
 // The defaults of `rlhfd generate`: 64 tokens, temperature 1, no top-k/top-p, eot 50256.
@@ -36,6 +53,7 @@ typedef struct {
     float** logprobs;   // logprobs[i][j], j < len[i]-prompt_len[i]: log pi(new token j | prefix),
                         // the log-softmax of the model's raw logits (temperature 1, no top-k/top-p),
                         // i.e. the policy log-probability PPO needs, whatever the sampler did
+                        // (with a LogitsHook: of the logits the hook left)
     int* hit_eot;       // 1 if sequence i stopped on the end token (which is its last token),
                         // 0 if it stopped at max_new_tokens or at the context length
 } Generation;
@@ -66,6 +84,9 @@ void kvcache_free(KVCache* kv);
 // to logits_out (#wanted, V) on the host, in row order. Returns #wanted.
 int gpt_forward_rows(GPT* model, KVCache* kv, const int* seq, const int* pos, const int* tok,
                      int R, const int* want_logits, float* logits_out);
+// The final hidden state (lnf) of the wanted rows of the last gpt_forward_rows
+// call: (#wanted, C) on the model's device, valid until the next call.
+const float* kvcache_last_hidden(const KVCache* kv);
 
 // ---- sampling (host side), exposed for tests
 

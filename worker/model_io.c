@@ -58,43 +58,84 @@ static int is_file_in(const char* dir, const char* name) {
     return ok;
 }
 
-static void mkdir_p(const char* path) {
+// The checkpoint writer reports I/O failures instead of exiting, so that a
+// full disk during a save can leave the run going (checkpoint_try_save):
+// each *_try helper returns 0, or -1 with "PATH: what: reason (ENAME)" in
+// err; the errno name (ENOSPC, EFBIG, EACCES) says at a glance what broke.
+static int io_error(char* err, size_t errlen, const char* path, const char* what, int e) {
+    const char* name = strerrorname_np(e);
+    snprintf(err, errlen, "%s: %s: %s (%s)", path, what, strerror(e), name ? name : "?");
+    return -1;
+}
+
+static int mkdir_p_try(const char* path, char* err, size_t errlen) {
     char* p = path_clean(path);
-    for (char* s = p + 1; *s; s++) {
+    int rc = 0;
+    for (char* s = p + 1; *s && rc == 0; s++) {
         if (*s != '/') continue;
         *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) fatalf("%s: cannot create directory: %s", p, strerror(errno));
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) rc = io_error(err, errlen, p, "cannot create directory", errno);
         *s = '/';
     }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) fatalf("%s: cannot create directory: %s", p, strerror(errno));
-    if (!is_dir(p)) fatalf("%s: exists and is not a directory", p);
+    if (rc == 0 && mkdir(p, 0755) != 0 && errno != EEXIST)
+        rc = io_error(err, errlen, p, "cannot create directory", errno);
+    if (rc == 0 && !is_dir(p)) {
+        snprintf(err, errlen, "%s: exists and is not a directory", p);
+        rc = -1;
+    }
     free(p);
+    return rc;
+}
+
+static void mkdir_p(const char* path) {
+    char err[1024];
+    if (mkdir_p_try(path, err, sizeof err) != 0) fatalf("%s", err);
+}
+
+static int fsync_dir_try(const char* path, char* err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return io_error(err, errlen, path, "cannot open directory", errno);
+    if (fsync(fd) != 0 && errno != EINVAL) {
+        int e = errno;
+        close(fd);
+        return io_error(err, errlen, path, "fsync failed", e);
+    }
+    close(fd);
+    return 0;
 }
 
 static void fsync_dir(const char* path) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) fatalf("%s: cannot open directory: %s", path, strerror(errno));
-    if (fsync(fd) != 0 && errno != EINVAL) fatalf("%s: fsync failed: %s", path, strerror(errno));
-    close(fd);
+    char err[1024];
+    if (fsync_dir_try(path, err, sizeof err) != 0) fatalf("%s", err);
 }
 
-static void write_file_sync(const char* path, const void* data, size_t n) {
+static int write_file_sync_try(const char* path, const void* data, size_t n, char* err, size_t errlen) {
     FILE* fp = fopen(path, "wb");
-    if (!fp) fatalf("%s: cannot create: %s", path, strerror(errno));
-    if (n && fwrite(data, 1, n, fp) != n) fatalf("%s: write failed: %s", path, strerror(errno));
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) fatalf("%s: write failed: %s", path, strerror(errno));
-    if (fclose(fp) != 0) fatalf("%s: write failed: %s", path, strerror(errno));
+    if (!fp) return io_error(err, errlen, path, "cannot create", errno);
+    int ok = (n == 0 || fwrite(data, 1, n, fp) == n) && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
+    int e = errno;
+    if (fclose(fp) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    return ok ? 0 : io_error(err, errlen, path, "write failed", e ? e : EIO);
 }
 
-static void write_json_sync(const char* path, json_t* obj) {
+static int write_json_sync_try(const char* path, json_t* obj, char* err, size_t errlen) {
     char* text = json_dumps(obj, JSON_INDENT(2));
     assertCheck(text != NULL);
     size_t n = strlen(text);
     text = reallocCheck(text, n + 2);
     text[n] = '\n';
     text[n + 1] = '\0';
-    write_file_sync(path, text, n + 1);
+    int rc = write_file_sync_try(path, text, n + 1, err, errlen);
     free(text);
+    return rc;
+}
+
+static void write_json_sync(const char* path, json_t* obj) {
+    char err[1024];
+    if (write_json_sync_try(path, obj, err, sizeof err) != 0) fatalf("%s", err);
 }
 
 // Removes a directory tree (cleanup only: problems are warnings).
@@ -397,8 +438,8 @@ static void layout_read(const Layout* lay, const StFile* f, float* host) {
 
 // Writes the slots of host to a safetensors file, transposing Conv1D weights,
 // followed by num_extra extra tensors (heads on the trunk; may be 0).
-static void layout_write_extra(const Layout* lay, const float* host, const char* path, json_t* meta,
-                               const StWriteTensor* extra, int num_extra) {
+static int layout_write_extra(const Layout* lay, const float* host, const char* path, json_t* meta,
+                              const StWriteTensor* extra, int num_extra, char* err, size_t errlen) {
     StWriteTensor* wt = callocCheck((size_t)(lay->n + num_extra), sizeof(StWriteTensor));
     float** owned = callocCheck((size_t)lay->n, sizeof(float*));
     for (int i = 0; i < lay->n; i++) {
@@ -419,32 +460,42 @@ static void layout_write_extra(const Layout* lay, const float* host, const char*
         wt[i].data = t;
     }
     for (int i = 0; i < num_extra; i++) wt[lay->n + i] = extra[i];
-    st_write(path, wt, lay->n + num_extra, meta);
+    int rc = st_write_try(path, wt, lay->n + num_extra, meta, err, errlen);
     for (int i = 0; i < lay->n; i++) free(owned[i]);
     free(owned);
     free(wt);
+    return rc;
 }
 
 static void layout_write(const Layout* lay, const float* host, const char* path, json_t* meta) {
-    layout_write_extra(lay, host, path, meta, NULL, 0);
+    char err[1024];
+    if (layout_write_extra(lay, host, path, meta, NULL, 0, err, sizeof err) != 0) fatalf("%s", err);
 }
 
 // ----------------------------------------------------------------------------
 // host <-> model parameter transfer (the backend may keep them on a device)
 
+// Files always hold the whole model. Under tensor parallelism the shards are
+// gathered (every tp rank must call: collective) and one process writes:
+// world rank 0, i.e. tp rank 0 of dp rank 0 (rank = dp_rank * tp + tp_rank).
+// Without tensor parallelism whoever calls writes, as before.
+static int is_writer(const GPT* model) { return model->tp_size == 1 || comm_mpi_world_rank() == 0; }
+
+// The whole model's copy of a buffer laid out like the parameters (params,
+// m, v): malloc'd host, num_parameters_full floats. Collective over tp.
 static float* params_to_host(const GPT* model, const float* device_buf) {
-    size_t bytes = model->num_parameters * sizeof(float);
-    float* host = mallocCheck(bytes);
-    model->ops->to_host(host, device_buf, bytes);
+    float* host = mallocCheck(model->num_parameters_full * sizeof(float));
+    gpt_gather_full(model, device_buf, host);
     return host;
 }
 
-static void build_from_host(GPT* model, GPTConfig config, const Ops* ops, const float* host) {
-    gpt_build(model, config, ops);
+// Builds the model (this rank's shard under tp) from the whole model on the host.
+static void build_from_host(GPT* model, GPTConfig config, const Ops* ops, Comm* tp, const float* host) {
+    gpt_build_tp(model, config, ops, tp);
     size_t offsets[NUM_PARAMETER_TENSORS], total;
     param_offsets(&config, offsets, &total);
-    assertCheck(total == model->num_parameters);
-    ops->to_device(model->params_memory, host, total * sizeof(float));
+    assertCheck(total == model->num_parameters_full);
+    gpt_shard_from_full(model, host, model->params_memory);
     model->adam_step = 0;
 }
 
@@ -597,17 +648,17 @@ int checkpoint_has_optimizer(const char* dir) {
 }
 
 // Reads a native model.safetensors (already opened) into a new model.
-static void load_native_tensors(GPT* model, const StFile* f, const GPTConfig* c, const Ops* ops) {
+static void load_native_tensors(GPT* model, const StFile* f, const GPTConfig* c, const Ops* ops, Comm* tp) {
     Layout lay = layout_native(c, "");
     layout_check(&lay, f, c, "the checkpoint config");
     float* host = host_params_alloc(c);
     layout_read(&lay, f, host);
-    build_from_host(model, *c, ops, host);
+    build_from_host(model, *c, ops, tp, host);
     free(host);
     free(lay.slots);
 }
 
-static void load_native_dir(GPT* model, const char* dir, const Ops* ops, json_t** state_out) {
+static void load_native_dir(GPT* model, const char* dir, const Ops* ops, Comm* tp, json_t** state_out) {
     char err[1024];
     if (checkpoint_verify(dir, err, sizeof err) != 0) fatalf("checkpoint %s is invalid: %s", dir, err);
     json_t* st = state_read(dir, err, sizeof err);
@@ -622,7 +673,7 @@ static void load_native_dir(GPT* model, const char* dir, const Ops* ops, json_t*
     GPTConfig meta;
     native_metadata_config(&f, &meta);
     gpt_config_expect(&c, &meta, path);
-    load_native_tensors(model, &f, &c, ops);
+    load_native_tensors(model, &f, &c, ops, tp);
     st_close(&f);
     free(path);
     if (state_out) *state_out = st;
@@ -639,99 +690,111 @@ static char* sibling_name(const char* target, const char* tag) {
     return p;
 }
 
-// Adds {"bytes", "crc32"} of dir/name to files.
-static void record_file(json_t* files, const char* dir, const char* name) {
+// Adds {"bytes", "crc32"} of dir/name to files, read back from the disk so
+// the checksum covers what was really written.
+static int record_file_try(json_t* files, const char* dir, const char* name, char* err, size_t errlen) {
     char* path = path_join(dir, name);
     uint32_t crc;
     uint64_t size;
-    if (file_crc32(path, &crc, &size) != 0) fatalf("%s: cannot read back: %s", path, strerror(errno));
-    json_object_set_new(files, name, json_pack("{s:I, s:I}", "bytes", (json_int_t)size, "crc32",
-                                               (json_int_t)crc));
+    int rc = 0;
+    if (file_crc32(path, &crc, &size) != 0) rc = io_error(err, errlen, path, "cannot read back", errno);
+    else json_object_set_new(files, name, json_pack("{s:I, s:I}", "bytes", (json_int_t)size, "crc32",
+                                                    (json_int_t)crc));
     free(path);
+    return rc;
 }
 
 // A save may replace target only if it is absent, an empty dir or a checkpoint.
-static void check_replaceable(const char* target) {
+static int check_replaceable_try(const char* target, char* err, size_t errlen) {
     struct stat sb;
-    if (lstat(target, &sb) != 0) return;
-    if (!S_ISDIR(sb.st_mode)) fatalf("%s: exists and is not a directory; refusing to replace it", target);
-    if (is_file_in(target, "state.json")) return;
+    if (lstat(target, &sb) != 0) return 0;
+    if (!S_ISDIR(sb.st_mode)) {
+        snprintf(err, errlen, "%s: exists and is not a directory; refusing to replace it", target);
+        return -1;
+    }
+    if (is_file_in(target, "state.json")) return 0;
     DIR* d = opendir(target);
     int empty = 1;
     struct dirent* e;
     while (d && (e = readdir(d)) != NULL)
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
     if (d) closedir(d);
-    if (!empty) fatalf("%s: exists and is not an rlhfd checkpoint; refusing to replace it", target);
+    if (!empty) {
+        snprintf(err, errlen, "%s: exists and is not an rlhfd checkpoint; refusing to replace it", target);
+        return -1;
+    }
+    return 0;
 }
 
 // Moves the finished temp dir onto target, atomically replacing an old one.
-static void publish_dir(const char* tmp, const char* target) {
+// When it fails, the old checkpoint (if any) is still at target.
+static int publish_dir_try(const char* tmp, const char* target, char* err, size_t errlen) {
     char* parent = path_parent(target);
-    check_replaceable(target);
-    if (is_dir(target)) {
+    int rc = check_replaceable_try(target, err, errlen);
+    if (rc == 0 && is_dir(target)) {
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, target, RENAME_EXCHANGE) == 0) {
-            fsync_dir(parent);
+            rc = fsync_dir_try(parent, err, errlen);
             remove_tree(tmp); // now holds the old checkpoint
         } else { // filesystem without RENAME_EXCHANGE: old aside, new in, old out
             char* old = sibling_name(target, "old");
-            if (rename(target, old) != 0) fatalf("%s: cannot move aside: %s", target, strerror(errno));
-            if (rename(tmp, target) != 0) fatalf("%s: cannot rename to %s: %s", tmp, target, strerror(errno));
-            fsync_dir(parent);
-            remove_tree(old);
+            if (rename(target, old) != 0) {
+                rc = io_error(err, errlen, target, "cannot move aside", errno);
+            } else if (rename(tmp, target) != 0) {
+                rc = io_error(err, errlen, tmp, "cannot rename into place", errno);
+                if (rename(old, target) != 0) // put the old one back
+                    fprintf(stderr, "rlhfd: warning: cannot move %s back to %s: %s\n", old, target, strerror(errno));
+            } else {
+                rc = fsync_dir_try(parent, err, errlen);
+                remove_tree(old);
+            }
             free(old);
         }
-    } else {
-        if (rename(tmp, target) != 0) fatalf("%s: cannot rename to %s: %s", tmp, target, strerror(errno));
-        fsync_dir(parent);
+    } else if (rc == 0) {
+        if (rename(tmp, target) != 0) rc = io_error(err, errlen, tmp, "cannot rename into place", errno);
+        else rc = fsync_dir_try(parent, err, errlen);
     }
     free(parent);
+    return rc;
 }
 
-void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer) {
-    checkpoint_save_extra(model, dir, state, with_optimizer, NULL, 0, NULL);
+// A file name a checkpoint may hold beside its own files: a plain name.
+static int extra_file_name_ok(const char* name) {
+    if (!name || !*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..")) return 0;
+    return strcmp(name, "model.safetensors") && strcmp(name, "optimizer.safetensors") && strcmp(name, "state.json");
 }
 
-void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int with_optimizer,
-                           const StWriteTensor* extra, int num_extra, json_t* extra_meta) {
+// Everything checkpoint_try_save writes into tmp (the temp dir, created).
+// host: the whole model's parameters; mv (2 x num_parameters_full) its AdamW
+// moments m then v, or NULL without the optimizer.
+static int write_checkpoint_files(const GPT* model, const char* dir, const char* tmp, const float* host,
+                                  const float* mv, const CheckpointSaveOptions* o, char* err, size_t errlen) {
     const GPTConfig* c = &model->config;
-    for (int i = 0; i < num_extra; i++)
-        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++)
-            if (!strcmp(extra[i].name, GPT_PARAM_NAMES[k]))
-                fatalf("%s: extra tensor '%s' clashes with a model tensor", dir, extra[i].name);
-    check_replaceable(dir);
-    char* parent = path_parent(dir);
-    mkdir_p(parent);
-    char* tmp = sibling_name(dir, "tmp");
-    struct stat sb;
-    if (lstat(tmp, &sb) == 0) remove_tree(tmp); // leftover of a crashed save by our pid
-    if (mkdir(tmp, 0755) != 0) fatalf("%s: cannot create directory: %s", tmp, strerror(errno));
-
     json_t* files = json_object();
-    float* host = params_to_host(model, model->params_memory);
     Layout lay = layout_native(c, "");
     char* model_path = path_join(tmp, "model.safetensors");
     json_t* meta = native_metadata(c);
-    if (extra_meta) {
+    int rc = 0;
+    if (o->extra_meta) {
         const char* key;
         json_t* value;
-        json_object_foreach(extra_meta, key, value) {
-            if (json_object_get(meta, key)) fatalf("%s: extra metadata '%s' clashes with the model's", dir, key);
+        json_object_foreach(o->extra_meta, key, value) {
+            if (json_object_get(meta, key)) {
+                snprintf(err, errlen, "%s: extra metadata '%s' clashes with the model's", dir, key);
+                rc = -1;
+                break;
+            }
             json_object_set(meta, key, value);
         }
     }
-    layout_write_extra(&lay, host, model_path, meta, extra, num_extra);
+    if (rc == 0) rc = layout_write_extra(&lay, host, model_path, meta, o->extra, o->num_extra, err, errlen);
     json_decref(meta);
     free(model_path);
     free(lay.slots);
-    record_file(files, tmp, "model.safetensors");
+    if (rc == 0) rc = record_file_try(files, tmp, "model.safetensors", err, errlen);
 
-    if (with_optimizer) {
+    if (rc == 0 && o->with_optimizer) {
         // one file: m.<name> tensors then v.<name> tensors, zeros before the first update
-        size_t n = model->num_parameters;
-        float* mv = callocCheck(2 * n, sizeof(float));
-        if (model->m_memory) model->ops->to_host(mv, model->m_memory, n * sizeof(float));
-        if (model->v_memory) model->ops->to_host(mv + n, model->v_memory, n * sizeof(float));
+        size_t n = model->num_parameters_full;
         Layout lm = layout_native(c, "m.");
         Layout lv = layout_native(c, "v.");
         Layout both = {0};
@@ -746,32 +809,173 @@ void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int
         snprintf(step, sizeof step, "%d", model->adam_step);
         json_object_set_new(ometa, "adam_step", json_string(step));
         char* opt_path = path_join(tmp, "optimizer.safetensors");
-        layout_write(&both, mv, opt_path, ometa);
+        rc = layout_write_extra(&both, mv, opt_path, ometa, NULL, 0, err, errlen);
         json_decref(ometa);
         free(opt_path);
         free(lm.slots);
         free(lv.slots);
         free(both.slots);
-        free(mv);
-        record_file(files, tmp, "optimizer.safetensors");
+        if (rc == 0) rc = record_file_try(files, tmp, "optimizer.safetensors", err, errlen);
     }
-    free(host);
 
-    json_t* st = json_object();
-    json_object_set_new(st, "format", json_string("rlhfd"));
-    json_object_set_new(st, "version", json_integer(STATE_VERSION));
-    json_object_set_new(st, "step", json_integer(model->adam_step));
-    json_object_set_new(st, "config", config_to_json(c));
-    json_object_set(st, "state", state ? state : json_null());
-    json_object_set_new(st, "files", files);
-    char* state_path = path_join(tmp, "state.json");
-    write_json_sync(state_path, st);
-    free(state_path);
-    json_decref(st);
-    fsync_dir(tmp);
-    publish_dir(tmp, dir);
-    free(tmp);
+    for (int i = 0; rc == 0 && i < o->num_files; i++) {
+        const CheckpointFile* f = &o->files[i];
+        char* path = path_join(tmp, f->name);
+        rc = write_file_sync_try(path, f->data, f->size, err, errlen);
+        free(path);
+        if (rc == 0) rc = record_file_try(files, tmp, f->name, err, errlen);
+    }
+
+    if (rc == 0) {
+        json_t* st = json_object();
+        json_object_set_new(st, "format", json_string("rlhfd"));
+        json_object_set_new(st, "version", json_integer(STATE_VERSION));
+        json_object_set_new(st, "step", json_integer(model->adam_step));
+        json_object_set_new(st, "config", config_to_json(c));
+        json_object_set(st, "state", o->state ? o->state : json_null());
+        json_object_set(st, "files", files);
+        char* state_path = path_join(tmp, "state.json");
+        rc = write_json_sync_try(state_path, st, err, errlen);
+        free(state_path);
+        json_decref(st);
+    }
+    json_decref(files);
+    if (rc == 0) rc = fsync_dir_try(tmp, err, errlen);
+    return rc;
+}
+
+// The writer's part of checkpoint_try_save: temp dir, files, atomic publish.
+static int save_files(const GPT* model, const char* dir, const float* host, const float* mv,
+                      const CheckpointSaveOptions* o, char* err, size_t errlen) {
+    if (check_replaceable_try(dir, err, errlen) != 0) return -1;
+    char* parent = path_parent(dir);
+    int rc = mkdir_p_try(parent, err, errlen);
     free(parent);
+    if (rc != 0) return -1;
+    char* tmp = sibling_name(dir, "tmp");
+    struct stat sb;
+    if (lstat(tmp, &sb) == 0) remove_tree(tmp); // leftover of a crashed save by our pid
+    if (mkdir(tmp, 0755) != 0) {
+        rc = io_error(err, errlen, tmp, "cannot create directory", errno);
+        free(tmp);
+        return rc;
+    }
+    rc = write_checkpoint_files(model, dir, tmp, host, mv, o, err, errlen);
+    if (rc == 0) rc = publish_dir_try(tmp, dir, err, errlen);
+    // On failure nothing of this save may linger (a full disk stays full
+    // otherwise); the previous checkpoints were never touched.
+    if (rc != 0 && lstat(tmp, &sb) == 0) remove_tree(tmp);
+    free(tmp);
+    return rc;
+}
+
+int checkpoint_try_save(const GPT* model, const char* dir, const CheckpointSaveOptions* opts, char* err,
+                        size_t errlen) {
+    static const CheckpointSaveOptions none = {0};
+    const CheckpointSaveOptions* o = opts ? opts : &none;
+    for (int i = 0; i < o->num_extra; i++)
+        for (int k = 0; k < NUM_PARAMETER_TENSORS; k++)
+            if (!strcmp(o->extra[i].name, GPT_PARAM_NAMES[k])) {
+                snprintf(err, errlen, "%s: extra tensor '%s' clashes with a model tensor", dir, o->extra[i].name);
+                return -1;
+            }
+    for (int i = 0; i < o->num_files; i++) {
+        if (!extra_file_name_ok(o->files[i].name)) {
+            snprintf(err, errlen, "%s: extra file name '%s' is not allowed", dir,
+                     o->files[i].name ? o->files[i].name : "(null)");
+            return -1;
+        }
+        for (int j = 0; j < i; j++)
+            if (!strcmp(o->files[i].name, o->files[j].name)) {
+                snprintf(err, errlen, "%s: extra file '%s' given twice", dir, o->files[i].name);
+                return -1;
+            }
+    }
+    // the whole model on the host (under tp: gathered by every tp rank; the
+    // checks above depend only on the arguments, so all ranks got here)
+    float* host = params_to_host(model, model->params_memory);
+    float* mv = NULL;
+    if (o->with_optimizer) { // zeros before the first update
+        size_t n = model->num_parameters_full;
+        mv = callocCheck(2 * n, sizeof(float));
+        if (model->m_memory) gpt_gather_full(model, model->m_memory, mv);
+        if (model->v_memory) gpt_gather_full(model, model->v_memory, mv + n);
+    }
+    int rc = is_writer(model) ? save_files(model, dir, host, mv, o, err, errlen) : 0;
+    free(host);
+    free(mv);
+    if (model->tp_size > 1) { // every tp rank returns the writer's result, after it is done
+        comm_broadcast(model->tp, &rc, 1, COMM_I32, 0);
+        if (rc != 0 && model->tp_rank != 0)
+            snprintf(err, errlen, "%s: not written (tp rank 0 reports the reason)", dir);
+    }
+    return rc;
+}
+
+void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer) {
+    checkpoint_save_extra(model, dir, state, with_optimizer, NULL, 0, NULL);
+}
+
+void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int with_optimizer,
+                           const StWriteTensor* extra, int num_extra, json_t* extra_meta) {
+    CheckpointSaveOptions o = {.state = state, .with_optimizer = with_optimizer, .extra = extra,
+                               .num_extra = num_extra, .extra_meta = extra_meta};
+    char err[1024];
+    if (checkpoint_try_save(model, dir, &o, err, sizeof err) != 0) fatalf("checkpoint %s not written: %s", dir, err);
+}
+
+int checkpoint_read_file(const char* dir, const char* name, void** data, size_t* size, char* err,
+                         size_t errlen) {
+    *data = NULL;
+    *size = 0;
+    json_t* st = state_read(dir, err, errlen);
+    if (!st) return -1;
+    json_t* entry = json_object_get(json_object_get(st, "files"), name);
+    json_t* jbytes = json_object_get(entry, "bytes");
+    json_t* jcrc = json_object_get(entry, "crc32");
+    if (!entry || !json_is_integer(jbytes) || !json_is_integer(jcrc) || !extra_file_name_ok(name)) {
+        snprintf(err, errlen, "%s/state.json: does not list a file '%s'", dir, name);
+        json_decref(st);
+        return -1;
+    }
+    uint64_t want_size = (uint64_t)json_integer_value(jbytes);
+    uint32_t want_crc = (uint32_t)json_integer_value(jcrc);
+    json_decref(st);
+    char* path = path_join(dir, name);
+    FILE* fp = fopen(path, "rb");
+    if (!fp) {
+        io_error(err, errlen, path, "cannot open", errno);
+        free(path);
+        return -1;
+    }
+    // One byte more than expected: a longer file is caught by the size check.
+    unsigned char* buf = mallocCheck((size_t)want_size + 1);
+    size_t got = fread(buf, 1, (size_t)want_size + 1, fp);
+    int rd_err = ferror(fp);
+    fclose(fp);
+    int rc = 0;
+    if (rd_err) {
+        rc = io_error(err, errlen, path, "read failed", errno ? errno : EIO);
+    } else if (got != want_size) {
+        snprintf(err, errlen, "%s: size %s%llu bytes, expected %llu (truncated or incomplete)", path,
+                 got > want_size ? "over " : "", (unsigned long long)(got > want_size ? want_size : got),
+                 (unsigned long long)want_size);
+        rc = -1;
+    } else {
+        uint32_t crc = (uint32_t)crc32_z(crc32_z(0L, Z_NULL, 0), buf, got);
+        if (crc != want_crc) {
+            snprintf(err, errlen, "%s: crc32 0x%08x, expected 0x%08x (corrupted)", path, crc, want_crc);
+            rc = -1;
+        }
+    }
+    free(path);
+    if (rc != 0) {
+        free(buf);
+        return -1;
+    }
+    *data = buf;
+    *size = got;
+    return 0;
 }
 
 void checkpoint_load_optimizer(GPT* model, const char* dir) {
@@ -796,8 +1000,9 @@ void checkpoint_load_optimizer(GPT* model, const char* dir) {
     if (!step || end == step || *end || adam_step < 0 || adam_step > INT32_MAX)
         fatalf("%s: metadata 'adam_step' is missing or not a non-negative integer", path);
 
+    // the file holds the whole model's moments: every rank keeps its slice
     size_t n = model->num_parameters;
-    float* host = mallocCheck(n * sizeof(float));
+    float* host = mallocCheck(model->num_parameters_full * sizeof(float));
     const char* prefixes[2] = {"m.", "v."};
     float** dst[2] = {&model->m_memory, &model->v_memory};
     for (int k = 0; k < 2; k++) {
@@ -806,7 +1011,7 @@ void checkpoint_load_optimizer(GPT* model, const char* dir) {
         layout_read(&lay, &f, host);
         free(lay.slots);
         if (!*dst[k]) *dst[k] = model->ops->alloc(n * sizeof(float));
-        model->ops->to_device(*dst[k], host, n * sizeof(float));
+        gpt_shard_from_full(model, host, *dst[k]);
     }
     model->adam_step = (int)adam_step;
     free(host);
@@ -861,7 +1066,7 @@ static int ends_with(const char* s, const char* suffix) {
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
-static void load_hf(GPT* model, const char* st_path, const char* config_path, const Ops* ops) {
+static void load_hf(GPT* model, const char* st_path, const char* config_path, const Ops* ops, Comm* tp) {
     GPTConfig c = hf_read_config(config_path);
     StFile f;
     st_open(&f, st_path);
@@ -898,7 +1103,7 @@ static void load_hf(GPT* model, const char* st_path, const char* config_path, co
             fatalf("%s: tensor 'lm_head.weight' differs from wte; rlhfd only supports a tied LM head", st_path);
         free(w);
     }
-    build_from_host(model, c, ops, host);
+    build_from_host(model, c, ops, tp, host);
     free(host);
     free(lay.slots);
     st_close(&f);
@@ -914,6 +1119,11 @@ static void write_json_atomic(const char* path, json_t* obj) {
 
 void model_export_hf(const GPT* model, const char* dir) {
     const GPTConfig* c = &model->config;
+    float* host = params_to_host(model, model->params_memory); // collective under tp
+    if (!is_writer(model)) {
+        free(host);
+        return;
+    }
     mkdir_p(dir);
     if (is_file_in(dir, "state.json"))
         fatalf("%s: is a native rlhfd checkpoint; refusing to export a Hugging Face model into it", dir);
@@ -933,7 +1143,6 @@ void model_export_hf(const GPT* model, const char* dir) {
     write_json_atomic(cfg_path, cfg);
     json_decref(cfg);
 
-    float* host = params_to_host(model, model->params_memory);
     Layout lay = layout_hf(c, "");
     char* st_path = path_join(dir, "model.safetensors");
     char* tmp = sibling_name(st_path, "tmp");
@@ -956,7 +1165,7 @@ static void read_exact(FILE* fp, void* dst, size_t n, const char* path) {
     if (n && fread(dst, 1, n, fp) != n) fatalf("%s: unexpected end of file", path);
 }
 
-static void load_llmc(GPT* model, const char* path, const Ops* ops) {
+static void load_llmc(GPT* model, const char* path, const Ops* ops, Comm* tp) {
     FILE* fp = fopen(path, "rb");
     if (!fp) fatalf("%s: cannot open: %s", path, strerror(errno));
     int32_t header[LLMC_HEADER_INTS];
@@ -1007,7 +1216,7 @@ static void load_llmc(GPT* model, const char* path, const Ops* ops) {
         free(buf);
     }
     fclose(fp);
-    build_from_host(model, c, ops, host);
+    build_from_host(model, c, ops, tp, host);
     free(host);
 }
 
@@ -1023,7 +1232,12 @@ void model_export_llmc(const GPT* model, const char* path) {
     header[5] = c->num_heads;
     header[6] = c->channels;
     header[7] = Vp;
-    float* host = params_to_host(model, model->params_memory);
+    float* host = params_to_host(model, model->params_memory); // collective under tp
+    if (!is_writer(model)) {
+        free(host);
+        return;
+    }
+    size_t nparams = model->num_parameters_full;
     size_t wte = (size_t)c->vocab_size * (size_t)c->channels;
     size_t pad = (size_t)(Vp - c->vocab_size) * (size_t)c->channels;
     float* zeros = callocCheck(pad ? pad : 1, sizeof(float));
@@ -1036,7 +1250,7 @@ void model_export_llmc(const GPT* model, const char* path) {
     int ok = fwrite(header, sizeof header, 1, fp) == 1 &&
              fwrite(host, sizeof(float), wte, fp) == wte &&
              fwrite(zeros, sizeof(float), pad, fp) == pad &&
-             fwrite(host + wte, sizeof(float), model->num_parameters - wte, fp) == model->num_parameters - wte;
+             fwrite(host + wte, sizeof(float), nparams - wte, fp) == nparams - wte;
     if (!ok || fflush(fp) != 0 || fsync(fileno(fp)) != 0) fatalf("%s: write failed: %s", tmp, strerror(errno));
     if (fclose(fp) != 0) fatalf("%s: write failed: %s", tmp, strerror(errno));
     if (rename(tmp, path) != 0) fatalf("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
@@ -1123,12 +1337,24 @@ void run_dir_prune(const char* run_dir, int keep_last) {
     if (keep_last < 1) keep_last = 1;
     int* steps;
     int n = run_dir_list(run_dir, &steps);
-    int kept_valid = 0;
+    // The size check cannot see a flipped byte, so the kept window could
+    // hold only corrupt checkpoints: the newest one that passes the full crc
+    // check (normally the newest of all, just written) is never deleted,
+    // however old.
+    int kept_valid = 0, have_good = 0;
     for (int i = n - 1; i >= 0; i--) {
         char* p = run_dir_checkpoint_path(run_dir, steps[i]);
+        char err[1024];
         if (kept_valid < keep_last) {
-            char err[1024];
-            if (checkpoint_check(p, 0, err, sizeof err) == 0) kept_valid++; // sizes only: cheap
+            if (checkpoint_check(p, 0, err, sizeof err) == 0) { // sizes only: cheap
+                kept_valid++;
+                if (!have_good) {
+                    if (checkpoint_check(p, 1, err, sizeof err) == 0) have_good = 1;
+                    else fprintf(stderr, "rlhfd: warning: checkpoint %s is corrupt (%s); keeping an older valid one\n", p, err);
+                }
+            }
+        } else if (!have_good && checkpoint_check(p, 1, err, sizeof err) == 0) {
+            have_good = 1; // kept: the newest checkpoint a resume can use
         } else {
             remove_tree(p);
         }
@@ -1218,31 +1444,35 @@ char* model_resolve(const char* path) {
 }
 
 void model_load(GPT* model, const char* path, const Ops* ops, json_t** state_out) {
+    model_load_tp(model, path, ops, NULL, state_out);
+}
+
+void model_load_tp(GPT* model, const char* path, const Ops* ops, Comm* tp, json_t** state_out) {
     if (state_out) *state_out = NULL;
     ModelFormat fmt = model_detect(path);
     switch (fmt) {
     case MODEL_RUN_DIR: {
         char* latest = model_resolve(path);
-        load_native_dir(model, latest, ops, state_out);
+        load_native_dir(model, latest, ops, tp, state_out);
         free(latest);
         return;
     }
     case MODEL_NATIVE_DIR:
-        load_native_dir(model, path, ops, state_out);
+        load_native_dir(model, path, ops, tp, state_out);
         return;
     case MODEL_NATIVE_FILE: {
         StFile f;
         st_open(&f, path);
         GPTConfig c;
         native_metadata_config(&f, &c);
-        load_native_tensors(model, &f, &c, ops);
+        load_native_tensors(model, &f, &c, ops, tp);
         st_close(&f);
         return;
     }
     case MODEL_HF_DIR: {
         char* st_path = path_join(path, "model.safetensors");
         char* cfg_path = path_join(path, "config.json");
-        load_hf(model, st_path, cfg_path, ops);
+        load_hf(model, st_path, cfg_path, ops, tp);
         free(st_path);
         free(cfg_path);
         return;
@@ -1250,13 +1480,13 @@ void model_load(GPT* model, const char* path, const Ops* ops, json_t** state_out
     case MODEL_HF_FILE: {
         char* dir = path_parent(path);
         char* cfg_path = path_join(dir, "config.json");
-        load_hf(model, path, cfg_path, ops);
+        load_hf(model, path, cfg_path, ops, tp);
         free(cfg_path);
         free(dir);
         return;
     }
     case MODEL_LLMC:
-        load_llmc(model, path, ops);
+        load_llmc(model, path, ops, tp);
         return;
     }
 }

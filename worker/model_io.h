@@ -41,6 +41,10 @@ const char* model_format_name(ModelFormat f);
 // "step"), or NULL for imports. model->adam_step is 0: optimizer state is only
 // loaded by checkpoint_load_optimizer.
 void model_load(GPT* model, const char* path, const Ops* ops, json_t** state_out);
+// The same under tensor parallelism (gpt_build_tp with tp; NULL = model_load):
+// every rank reads the whole tensors and keeps its shard, so a checkpoint
+// loads at any tp size whatever tp it was saved at.
+void model_load_tp(GPT* model, const char* path, const Ops* ops, Comm* tp, json_t** state_out);
 // Path model_load actually reads: for a run dir its newest valid checkpoint,
 // otherwise a copy of path. malloc'd; fatal if a run dir has no valid checkpoint.
 char* model_resolve(const char* path);
@@ -49,6 +53,12 @@ char* model_resolve(const char* path);
 // checkpoint of that name; refuses to replace anything else). state (may be
 // NULL, not stolen) is stored under "state"; "step" is model->adam_step.
 // with_optimizer: also writes the AdamW moments (zeros if none yet).
+// Fatal on any error (checkpoint_try_save below reports instead).
+// Files always hold the whole model (and whole AdamW moments). Under tensor
+// parallelism every tp rank of the model must call (the shards are gathered)
+// and world rank 0 alone writes (tp rank 0 of dp rank 0: other dp groups may
+// call too, they only gather); every tp rank returns after the write, with
+// its result. The same holds for the functions below and for the exports.
 void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_optimizer);
 // checkpoint_save plus heads on the trunk (reward/value heads): extra tensors
 // (host memory, F32) are written into model.safetensors after the model's
@@ -58,6 +68,44 @@ void checkpoint_save(const GPT* model, const char* dir, json_t* state, int with_
 // st_open on the checkpoint's model.safetensors.
 void checkpoint_save_extra(const GPT* model, const char* dir, json_t* state, int with_optimizer,
                            const StWriteTensor* extra, int num_extra, json_t* extra_meta);
+
+// ---- checkpoints that may fail without ending the run, with extra files
+// A file stored in a checkpoint beside the model (run state, data pools):
+// written into the temp dir, listed with its size and crc32 in state.json's
+// "files", so it is verified, published atomically and pruned with the rest.
+// name: a plain file name, not model.safetensors/optimizer.safetensors/state.json.
+typedef struct {
+    const char* name;
+    const void* data;
+    size_t size;
+} CheckpointFile;
+
+typedef struct {
+    json_t* state;              // stored under "state" (NULL: null)
+    int with_optimizer;         // also the AdamW moments
+    const StWriteTensor* extra; // heads on the trunk, as checkpoint_save_extra
+    int num_extra;
+    json_t* extra_meta;
+    const CheckpointFile* files; // extra files
+    int num_files;
+} CheckpointSaveOptions;
+
+// checkpoint_save_extra (opts may be NULL: model only) that never exits:
+// returns 0, or -1 with one line in err naming the path and the reason with
+// its errno name, e.g. "runs/x/ckpt-00000200.tmp-41/model.safetensors: write
+// failed: No space left on device (ENOSPC)" (also EFBIG, EACCES, EROFS...).
+// On failure the temp dir is removed and every existing checkpoint, dir
+// included, is exactly as before; the caller decides whether to go on
+// training (and try again at the next interval) or stop.
+int checkpoint_try_save(const GPT* model, const char* dir, const CheckpointSaveOptions* opts, char* err,
+                        size_t errlen);
+// Reads the extra file `name` of the checkpoint at dir after checking it
+// against the size and crc32 listed in state.json. 0 with *data (malloc'd,
+// free it) and *size; -1 with a one-line reason in err (not listed, missing,
+// truncated, corrupted). Never fatal.
+int checkpoint_read_file(const char* dir, const char* name, void** data, size_t* size, char* err,
+                         size_t errlen);
+
 // Restores m, v and adam_step saved with the checkpoint at dir into a model
 // already loaded from it (same config). Fatal if it was saved without them.
 void checkpoint_load_optimizer(GPT* model, const char* dir);
@@ -85,7 +133,9 @@ char* run_dir_latest_checkpoint(const char* run_dir);
 // Keeps the newest keep_last valid checkpoints (and any invalid ones newer
 // than the oldest kept) and deletes the older ones, plus stale temp dirs
 // left by crashed saves of other processes. Validity here = state.json parses
-// and every file has its recorded size (no crc pass: prune runs after every save).
+// and every file has its recorded size (cheap: prune runs after every save);
+// besides, the newest checkpoint that passes the full checkpoint_verify is
+// always kept, so a corrupt newest one never costs the last good one.
 void run_dir_prune(const char* run_dir, int keep_last);
 
 // Fatal unless got equals want; names the first mismatched field, both values

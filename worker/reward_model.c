@@ -49,8 +49,12 @@ static float* head_host(const RewardModel* rm) {
 }
 
 void rm_init_from(RewardModel* rm, const char* model_path, const Ops* ops, uint64_t seed) {
+    rm_init_from_tp(rm, model_path, ops, NULL, seed);
+}
+
+void rm_init_from_tp(RewardModel* rm, const char* model_path, const Ops* ops, Comm* tp, uint64_t seed) {
     memset(rm, 0, sizeof *rm);
-    model_load(&rm->gpt, model_path, ops, NULL);
+    model_load_tp(&rm->gpt, model_path, ops, tp, NULL);
     rm_init_head(rm, seed);
 }
 
@@ -86,7 +90,9 @@ static void read_head_tensor(const StFile* f, const char* name, int n, float* ds
     st_read_f32(f, t, dst);
 }
 
-void rm_load(RewardModel* rm, const char* path, const Ops* ops) {
+void rm_load(RewardModel* rm, const char* path, const Ops* ops) { rm_load_tp(rm, path, ops, NULL); }
+
+void rm_load_tp(RewardModel* rm, const char* path, const Ops* ops, Comm* tp) {
     memset(rm, 0, sizeof *rm);
     char* resolved = model_resolve(path);
     ModelFormat format = model_detect(resolved);
@@ -101,7 +107,7 @@ void rm_load(RewardModel* rm, const char* path, const Ops* ops) {
         fatalf("%s: a %s model has no reward head: not a reward model (train one with `rlhfd rm`)",
                path, model_format_name(format));
     }
-    model_load(&rm->gpt, resolved, ops, NULL); // verifies size + crc32 of a checkpoint dir
+    model_load_tp(&rm->gpt, resolved, ops, tp, NULL); // verifies size + crc32 of a checkpoint dir
     StFile f;
     st_open(&f, weights);
     int C = rm->gpt.config.channels;
@@ -140,6 +146,35 @@ void rm_save(const RewardModel* rm, const char* dir, json_t* state) {
     json_decref(st);
     json_decref(meta);
     free(h);
+}
+
+int rm_save_try(const RewardModel* rm, const char* dir, const CheckpointSaveOptions* opts, char* err,
+                size_t errlen) {
+    if (opts && opts->num_extra) fatalf("rm_save_try: extra tensors are the head's own");
+    int C = rm->gpt.config.channels;
+    float* h = head_host(rm);
+    StWriteTensor extra[2] = {
+        {.name = HEAD_W_NAME, .data = h, .ndim = 1, .shape = {C}},
+        {.name = HEAD_B_NAME, .data = h + C, .ndim = 1, .shape = {1}},
+    };
+    char offset_text[64];
+    snprintf(offset_text, sizeof offset_text, "%.9g", (double)rm->offset);
+    json_t* meta = json_object();
+    json_object_set_new(meta, OFFSET_META, json_string(offset_text));
+    json_object_set_new(meta, "head", json_string("reward"));
+    CheckpointSaveOptions o = {0};
+    if (opts) o = *opts;
+    json_t* st = json_is_object(o.state) ? json_copy(o.state) : json_object();
+    json_object_set_new(st, OFFSET_META, json_real(rm->offset));
+    o.state = st;
+    o.extra = extra;
+    o.num_extra = 2;
+    o.extra_meta = meta;
+    int rc = checkpoint_try_save(&rm->gpt, dir, &o, err, errlen);
+    json_decref(st);
+    json_decref(meta);
+    free(h);
+    return rc;
 }
 
 void rm_free(RewardModel* rm) {
@@ -243,7 +278,9 @@ float rm_update(RewardModel* rm, const AdamWConfig* cfg) {
         rm->head_m = ops->alloc((C + 1) * sizeof(float));
         rm->head_v = ops->alloc((C + 1) * sizeof(float));
     }
-    double ss = ops->sum_squares(g->grads_memory, n) + ops->sum_squares(rm->head_dw, C + 1);
+    // the trunk's whole-model sum (tensor parallel: over its shards); the
+    // head is replicated, the same on every tp rank
+    double ss = gpt_grad_sumsq(g) + ops->sum_squares(rm->head_dw, C + 1);
     float norm = (float)sqrt(ss);
     rm->last_grad_norm = g->last_grad_norm = norm;
     float grad_scale = 1.0f; // clipping happens inside the AdamW pass, as in gpt_update
@@ -265,6 +302,57 @@ float rm_update(RewardModel* rm, const AdamWConfig* cfg) {
                       cfg->beta2, cfg->eps, cfg->weight_decay, grad_scale, t);
     ops->adamw_update(rm->head_b, rm->head_db, rm->head_m + C, rm->head_v + C, 1, cfg->lr,
                       cfg->beta1, cfg->beta2, cfg->eps, 0.0f, grad_scale, t);
+    return norm;
+}
+
+// ----------------------------------------------------------------------------
+// data parallelism
+
+double rm_allreduce_grads(RewardModel* rm, DataParallel* d, double local_weight) {
+    double global = dp_allreduce_grads(d, &rm->gpt, local_weight);
+    // the head's gradient gets the trunk's scale (the same expression as
+    // dp_allreduce_grads, so both see exactly the same factor)
+    float scale = global > 0 ? (float)(local_weight / global) : 0.0f;
+    dp_allreduce_scaled(d, rm->head_dw, (size_t)rm->gpt.config.channels + 1, scale);
+    return global;
+}
+
+float rm_update_dp(RewardModel* rm, DataParallel* d, const AdamWConfig* cfg) {
+    if (!d->zero1) return rm_update(rm, cfg);
+    GPT* g = &rm->gpt;
+    const Ops* ops = g->ops;
+    size_t n = g->num_parameters, C = (size_t)g->config.channels;
+    if (!g->grads_memory) fatalf("rm_update needs gradients (call rm_backward first)");
+    if (!rm->head_m) {
+        rm->head_m = ops->alloc((C + 1) * sizeof(float));
+        rm->head_v = ops->alloc((C + 1) * sizeof(float));
+        ops->zero(rm->head_m, (C + 1) * sizeof(float));
+        ops->zero(rm->head_v, (C + 1) * sizeof(float));
+    }
+    // the gradients are the same on every dp rank: the norm over trunk + head
+    // is computed here, exactly as rm_update does (the trunk's over its tp
+    // shards, collective over tp; the replicated head counted once)
+    double ss = gpt_grad_sumsq(g) + ops->sum_squares(rm->head_dw, C + 1);
+    float norm = (float)sqrt(ss);
+    float grad_scale = 1.0f;
+    if (cfg->grad_clip > 0.0f) {
+        float coef = cfg->grad_clip / (norm + 1e-6f);
+        if (coef < 1.0f) grad_scale = coef;
+    }
+    // dp_update clips by the trunk's norm alone: clip here instead by
+    // pre-scaling the trunk's gradient (the AdamW kernel forms grad *
+    // grad_scale in float, so the step is the same as rm_update's) and let
+    // it run with clipping off
+    if (grad_scale != 1.0f) ops->scale(g->grads_memory, grad_scale, n);
+    AdamWConfig unclipped = *cfg;
+    unclipped.grad_clip = 0.0f;
+    dp_update(d, g, &unclipped); // ++adam_step; sharded step + parameter all-gather
+    int t = g->adam_step;
+    ops->adamw_update(rm->head_w, rm->head_dw, rm->head_m, rm->head_v, C, cfg->lr, cfg->beta1,
+                      cfg->beta2, cfg->eps, cfg->weight_decay, grad_scale, t);
+    ops->adamw_update(rm->head_b, rm->head_db, rm->head_m + C, rm->head_v + C, 1, cfg->lr,
+                      cfg->beta1, cfg->beta2, cfg->eps, 0.0f, grad_scale, t);
+    rm->last_grad_norm = g->last_grad_norm = norm;
     return norm;
 }
 

@@ -15,7 +15,9 @@
 #pragma once
 #include <stdint.h>
 #include <jansson.h>
+#include "data_parallel.h"
 #include "gpt.h"
+#include "model_io.h"
 #include "../common/tokenizer.h"
 
 typedef struct {
@@ -40,12 +42,23 @@ typedef struct {
 void rm_init_from(RewardModel* rm, const char* model_path, const Ops* ops, uint64_t seed); // trunk from any --model
 void rm_load(RewardModel* rm, const char* path, const Ops* ops);  // a saved RM (checkpoint dir or run dir); fatal if it has no head
 void rm_save(const RewardModel* rm, const char* dir, json_t* state); // atomic, with checksum, like checkpoint_save
+// rm_save that never exits (training checkpoints): opts as checkpoint_try_save
+// (state, with_optimizer = the trunk's AdamW moments, extra files; no extra
+// tensors of its own), plus the head and the offset. 0, or -1 with err.
+int rm_save_try(const RewardModel* rm, const char* dir, const CheckpointSaveOptions* opts, char* err,
+                size_t errlen);
 // rewards (B) = head(lnf at position lens[b]-1) - offset, for B padded sequences tokens (B,T)
 void rm_forward(RewardModel* rm, const int* tokens, const int* lens, int B, int T, float* rewards);
 // convenience: score n texts (prompt, response) with the token convention above (batched internally)
 void rm_score_texts(RewardModel* rm, const Tokenizer* tok, const char* const* prompts,
                     const char* const* responses, int n, float* out);
 void rm_free(RewardModel* rm);
+// The same under tensor parallelism (trunk sharded over tp, see gpt.h; the
+// head is replicated and runs on every tp rank): model_load_tp underneath.
+// Every other rm_* call then is collective over tp; rm_save writes from
+// world rank 0 only.
+void rm_init_from_tp(RewardModel* rm, const char* model_path, const Ops* ops, Comm* tp, uint64_t seed);
+void rm_load_tp(RewardModel* rm, const char* path, const Ops* ops, Comm* tp);
 
 // ---- beyond the shared interface
 
@@ -67,6 +80,17 @@ void rm_backward(RewardModel* rm, const float* drewards);
 // the trunk's 2-D weights and on head_w; none on head_b). Returns the norm
 // before clipping.
 float rm_update(RewardModel* rm, const AdamWConfig* cfg);
+// ---- data parallelism (worker/data_parallel.h)
+// After rm_backward of this rank's share, a loss that is a mean over
+// local_weight items (rankings): trunk and head gradients become those of the
+// mean over every dp rank's items, the same on every rank. Collective.
+// Returns the global weight.
+double rm_allreduce_grads(RewardModel* rm, DataParallel* d, double local_weight);
+// rm_update for a dp group: the same as rm_update without ZeRO-1; with it,
+// the trunk's AdamW step is dp_update's sharded one (collective) and the
+// head's (C+1 numbers) is replicated. Clipping uses the global norm over
+// trunk + head either way. Returns that norm.
+float rm_update_dp(RewardModel* rm, DataParallel* d, const AdamWConfig* cfg);
 // Host copies of the head: w (C) and b (1).
 void rm_head_to_host(const RewardModel* rm, float* w, float* b);
 

@@ -53,6 +53,7 @@ void rollout_generate(GPT* policy, Tokenizer* tok, const char* const* prompts, i
     sc.top_k = cfg->top_k;
     sc.top_p = cfg->top_p;
     sc.eot = eot;
+    sc.hook = cfg->hook;
     Generation g;
     gpt_generate(policy, (const int* const*)ptoks, plens, n, seeds, &sc, &g);
 
@@ -64,6 +65,7 @@ void rollout_generate(GPT* policy, Tokenizer* tok, const char* const* prompts, i
     out->prompt_len = mallocCheck((size_t)n * sizeof(int));
     out->resp_len = mallocCheck((size_t)n * sizeof(int));
     out->hit_eot = mallocCheck((size_t)n * sizeof(int));
+    out->sample_logp = mallocCheck((size_t)n * sizeof(float*));
     out->scores = callocCheck((size_t)n, sizeof(float));
     for (int i = 0; i < n; i++) {
         out->prompts[i] = dup_string(prompts[i]);
@@ -73,6 +75,8 @@ void rollout_generate(GPT* policy, Tokenizer* tok, const char* const* prompts, i
         out->hit_eot[i] = g.hit_eot[i];
         out->tokens[i] = mallocCheck((size_t)(g.len[i] > 0 ? g.len[i] : 1) * sizeof(int));
         memcpy(out->tokens[i], g.tokens[i], (size_t)g.len[i] * sizeof(int));
+        out->sample_logp[i] = mallocCheck((size_t)(out->resp_len[i] > 0 ? out->resp_len[i] : 1) * sizeof(float));
+        memcpy(out->sample_logp[i], g.logprobs[i], (size_t)out->resp_len[i] * sizeof(float));
         int text_tokens = out->resp_len[i] - (g.hit_eot[i] ? 1 : 0);
         size_t text_len = 0;
         out->responses[i] = tokenizer_decode(tok, g.tokens[i] + g.prompt_len[i], (size_t)text_tokens, &text_len);
@@ -98,7 +102,9 @@ void rollout_free(Rollout* r) {
         free(r->prompts[i]);
         free(r->responses[i]);
         free(r->tokens[i]);
+        if (r->sample_logp) free(r->sample_logp[i]);
     }
+    free(r->sample_logp);
     free(r->prompts);
     free(r->responses);
     free(r->tokens);
@@ -171,7 +177,7 @@ void sequence_logprobs(GPT* model, const int* const* seqs, const int* lens, cons
                 size_t pos = (size_t)b * T + (size_t)(P - 1 + j);
                 logp[i][j] = lp[pos];
                 if (entropy) {
-                    model->ops->to_host(row, model->acts.logits + pos * V, (size_t)V * sizeof(float));
+                    gpt_logits_rows(model, &pos, 1, row); // whole vocab, also under tp
                     ent_sum += softmax_entropy(row, V);
                     ent_count++;
                 }
@@ -227,7 +233,10 @@ RolloutEval rollout_evaluate(GPT* policy, GPT* ref, RewardFn* reward, RewardFn* 
     if (ref) {
         float** lp = alloc_per_token(&ro);
         float** lr = alloc_per_token(&ro);
-        rollout_logprobs(policy, &ro, 16, lp, NULL);
+        if (cfg->hook) // the hooked distribution is what was sampled: its own log-probs
+            for (int i = 0; i < n; i++) memcpy(lp[i], ro.sample_logp[i], (size_t)ro.resp_len[i] * sizeof(float));
+        else
+            rollout_logprobs(policy, &ro, 16, lp, NULL);
         rollout_logprobs(ref, &ro, 16, lr, NULL);
         for (int i = 0; i < n; i++) {
             double kl = 0.0;

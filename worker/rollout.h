@@ -20,6 +20,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "generate.h"
 #include "gpt.h"
 #include "rewards.h"
 #include "../common/tokenizer.h"
@@ -29,6 +30,7 @@ typedef struct {
     float temperature;  // sampling temperature (1 = the policy itself; PPO wants 1)
     int top_k;          // 0 = off
     float top_p;        // 1 = off
+    const LogitsHook* hook; // NULL = none: a hook on the sampled logits (NLPO mask, ILQL's beta*(Q-V))
 } RolloutConfig;
 
 // rl.max_new_tokens 24, temperature 1, no top-k/top-p.
@@ -43,6 +45,8 @@ typedef struct {
     int* prompt_len;    // (n) P
     int* resp_len;      // (n) len - P: sampled tokens, eot included (>= 1 unless max_new_tokens = 0)
     int* hit_eot;       // (n) 1 if the response ended with eot
+    float** sample_logp;// (n) resp_len[i] each: log-prob of each sampled token under the distribution
+                        // sampled from at temperature 1 (the policy's; with a hook, the hooked logits')
     float* scores;      // (n) room for the caller's rewards (rollout_score writes it); zeroed
     size_t new_tokens;  // sum of resp_len
     double t_generate;  // seconds in gpt_generate (+ encode/decode)
@@ -88,7 +92,9 @@ int rollout_pack(const int* const* seqs, const int* lens, const int* prompt_lens
 //   reward = mean reward(prompt, response)       (reward may be NULL: 0)
 //   gold   = mean gold(prompt, response)         (gold may be NULL: 0)
 //   kl     = mean over sequences of sum_t (logp_policy - logp_ref) over the
-//            sampled response tokens (nats per sequence; ref NULL: 0)
+//            sampled response tokens (nats per sequence; ref NULL: 0); with a
+//            cfg->hook, logp_policy is the hooked distribution's (sample_logp:
+//            the policy that was actually sampled from, e.g. ILQL's decoding)
 //   response_len = mean sampled tokens per response (eot included)
 typedef struct {
     double gold, reward, kl, response_len;

@@ -15,6 +15,10 @@ void cpu_zero(void* p, size_t bytes);
 void encoder_forward_cpu(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C);
 void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C);
 void encoder_rows_cpu(float* out, const int* tok, const int* pos, const float* wte, const float* wpe, int R, int C);
+void encoder_shard_forward_cpu(float* out, const int* tok, const int* pos, const float* wte, const float* wpe,
+                               int v0, int Vl, int R, int C);
+void encoder_shard_backward_cpu(float* dwte, float* dwpe, const float* dout, const int* tok, const int* pos,
+                                int v0, int Vl, int R, int C);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* w,
                            const float* b, int N, int C);
 void layernorm_backward_cpu(float* dinp, float* dw, float* db, const float* dout, const float* inp,
@@ -36,6 +40,10 @@ void residual_backward_cpu(float* da, float* db, const float* dout, size_t n);
 void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V);
 void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const float* dlosses,
                                const int* targets, int N, int V);
+void crossentropy_shard_stats_cpu(float* stats, const float* logits, const int* targets, int v0, int Vl, int N,
+                                  int Vp);
+void crossentropy_shard_backward_cpu(float* dlogits, const float* logits, const float* lse, const float* dlosses,
+                                     const int* targets, int v0, int Vl, int N, int Vp);
 double sum_squares_cpu(const float* x, size_t n);
 void scale_cpu(float* x, float s, size_t n);
 void adamw_update_cpu(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,

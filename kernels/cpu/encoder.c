@@ -46,3 +46,50 @@ void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int
         }
     }
 }
+
+// ---- vocab-parallel embedding (tensor parallelism): wte holds rows [v0, v0+Vl)
+
+// out (R,C) = (owned ? wte[tok-v0] : 0) + (wpe ? wpe[pos] : 0)
+void encoder_shard_forward_cpu(float* out, const int* tok, const int* pos, const float* wte, const float* wpe,
+                               int v0, int Vl, int R, int C) {
+    #pragma omp parallel for if ((size_t)R * C >= PAR_MIN_WORK)
+    for (int r = 0; r < R; r++) {
+        float* o = out + (size_t)r * C;
+        int v = tok[r] - v0;
+        const float* we = v >= 0 && v < Vl ? wte + (size_t)v * C : NULL;
+        const float* pe = wpe ? wpe + (size_t)pos[r] * C : NULL;
+        if (we && pe) {
+            #pragma omp simd
+            for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+        } else if (we || pe) {
+            const float* src = we ? we : pe;
+            for (int c = 0; c < C; c++) o[c] = src[c];
+        } else {
+            for (int c = 0; c < C; c++) o[c] = 0.0f;
+        }
+    }
+}
+
+// dwte[tok-v0] += dout for owned rows; dwpe[pos] += dout (if dwpe). Threads
+// split the channels, rows go in order: deterministic, as encoder_backward.
+void encoder_shard_backward_cpu(float* dwte, float* dwpe, const float* dout, const int* tok, const int* pos,
+                                int v0, int Vl, int R, int C) {
+    const int CH = 64; // channels per task
+    int nchunks = (C + CH - 1) / CH;
+    #pragma omp parallel for if ((size_t)R * C >= PAR_MIN_WORK)
+    for (int k = 0; k < nchunks; k++) {
+        int c0 = k * CH, c1 = c0 + CH < C ? c0 + CH : C;
+        for (int r = 0; r < R; r++) {
+            const float* d = dout + (size_t)r * C;
+            int v = tok[r] - v0;
+            if (v >= 0 && v < Vl) {
+                float* dw = dwte + (size_t)v * C;
+                for (int c = c0; c < c1; c++) dw[c] += d[c];
+            }
+            if (dwpe) {
+                float* dp = dwpe + (size_t)pos[r] * C;
+                for (int c = c0; c < c1; c++) dp[c] += d[c];
+            }
+        }
+    }
+}

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
-"""Data parallelism: `mpirun -np N rlhfd CMD` with global batch G reproduces the
-single process with batch G, step by step (issue 5).
+"""Data and tensor parallelism: `mpirun -np N rlhfd CMD` (parallel.tp=T) with
+global batch G reproduces the single process with batch G, step by step (issue 5).
 
-    test_dp.py pretrain   np 1 / 2 / 4 (uneven shares: batch 6) and ZeRO-1
-    test_dp.py rl         ppo (np 1/2/4, ZeRO-1), grpo and quark (np 1/2)
+    test_dp.py pretrain   np 1 / 2 / 4 (uneven shares: batch 6), ZeRO-1, tp 2, tp 2 x dp 2
+    test_dp.py rl         ppo (np 1/2/4, ZeRO-1, tp 2, tp 2 x dp 2), grpo and quark (np 1/2)
 
 Every untimed metrics.jsonl field must agree to 2e-4 relative, and the final
 checkpoints' weights to 2e-4. Needs RLHFD_BIN, mpirun, data/dl. Exit 77 without data.
@@ -40,7 +40,7 @@ def rows(run_dir):
         for line in f:
             r = json.loads(line)
             out.append({k: v for k, v in r.items()
-                        if not (k.startswith("t_") or k.endswith("_per_s") or k in ("ms", "seconds"))})
+                        if not (k.startswith("t_") or k.endswith("_per_s") or k in ("ms", "comm_ms", "seconds"))})
     return out
 
 
@@ -86,11 +86,15 @@ def pretrain(d):
         ref = f"{d}/pre-b{batch}-np1"
         r = launch(1, base + s(common + [f"train.batch={batch}", f"run.dir={ref}"]))
         check(r.returncode == 0, f"pretrain batch {batch} np 1 runs")
-        for np_, extra in ((2, []), (4, []), (2, ["parallel.zero1=true"]), (4, ["parallel.zero1=true"])):
+        for np_, extra in ((2, []), (4, []), (2, ["parallel.zero1=true"]), (4, ["parallel.zero1=true"]),
+                           (2, ["parallel.tp=2"]), (4, ["parallel.tp=2"]), (4, ["parallel.tp=2", "parallel.zero1=true"])):
             if batch == 6 and np_ == 2 and not extra:
                 continue
-            name = f"pretrain batch {batch} np {np_}{' zero1' if extra else ''}"
-            out = f"{d}/pre-b{batch}-np{np_}{'z' if extra else ''}"
+            if batch == 6 and "parallel.tp=2" in extra and np_ == 2:
+                continue
+            tag = "".join(x.split(".")[1].replace("=true", "").replace("=", "") for x in extra)
+            name = f"pretrain batch {batch} np {np_} {tag}".strip()
+            out = f"{d}/pre-b{batch}-np{np_}{tag}"
             r = launch(np_, base + s(common + extra + [f"train.batch={batch}", f"run.dir={out}"]))
             check(r.returncode == 0, f"{name} runs")
             if r.returncode == 0:
@@ -109,18 +113,22 @@ def rl(d):
     os.environ["RLHFD_BIN"] = BIN
     reward = P.setup(d)
     model = P.tiny_model(d)
-    # Peaked sampling, and two iterations: fp32 reduction-order noise (1e-7)
-    # must not flip a sampled token or a PPO clip decision, which would make
-    # the runs diverge for a reason that is not a bug. Iteration 2 trains on
-    # samples of the updated policy, so the comparison covers a full cycle.
+    # Greedy rollouts (top-k 1), a small learning rate and two iterations:
+    # fp32 reduction-order noise (~1e-7; tensor parallelism sums the row-
+    # parallel layers in another order) must not flip a sampled token or a
+    # PPO clip decision, which would make the runs diverge for a reason that
+    # is not a bug. Iteration 2 trains on rollouts of the updated policy, so
+    # the comparison covers a full cycle.
     extra = ["rl.iterations=2", "rl.eval_every=1", "rl.kl_adaptive=true", "rl.kl_target=1",
-             "rl.temperature=0.3"]
+             "rl.top_k=1", "train.lr=1e-3"]
     cases = [("ppo", 1, []), ("ppo", 2, []), ("ppo", 4, []), ("ppo", 2, ["parallel.zero1=true"]),
+             ("ppo", 2, ["parallel.tp=2"]), ("ppo", 4, ["parallel.tp=2"]),
              ("grpo", 1, ["rl.batch=4"]), ("grpo", 2, ["rl.batch=4"]),
              ("quark", 1, ["rl.batch=6"]), ("quark", 2, ["rl.batch=6"])]
     for cmd, np_, more in cases:
-        name = f"{cmd} np {np_}{' zero1' if 'parallel.zero1=true' in more else ''}"
-        out = f"{cmd}-np{np_}{'z' if 'parallel.zero1=true' in more else ''}"
+        tag = "".join(x.split(".")[1].replace("=true", "").replace("=", "") for x in more if x.startswith("parallel."))
+        name = f"{cmd} np {np_} {tag}".strip()
+        out = f"{cmd}-np{np_}{tag}"
         args = P.ppo_args(d, out, model, reward, extra + more)
         args[0] = cmd
         if cmd != "ppo":

