@@ -192,9 +192,10 @@ def test_failure(d):
             p.kill()
             p.communicate()
     shutil.rmtree(f"{d}/run", ignore_errors=True)
-    p = start(d)
+    limited = ["train.steps=30", "train.checkpoint_every=5"]
+    p = start(d, limited)
     try:
-        ok = wait_for(lambda: os.path.exists(sock) and (status_json(sock) or {}).get("step", 0) >= 2, 60)
+        ok = wait_for(lambda: os.path.exists(sock) and (status_json(sock) or {}).get("step", 0) >= 7, 60)
         pid = rank_pid(p, 1)
         t0 = time.time()
         os.kill(pid, signal.SIGKILL)
@@ -206,6 +207,19 @@ def test_failure(d):
         if p.poll() is None:
             p.kill()
             p.communicate()
+    # the next launch resumes from the last checkpoint
+    args = ["mpirun", "--oversubscribe", "-np", "2", BIN, "pretrain", "--config", "deploy/configs/tiny.ini",
+            "--resume", "auto"]
+    for kv in ["train.steps=30", "train.threads=1", "model.embd=32", "model.layers=1", f"run.dir={d}/run",
+               "train.checkpoint_every=5", "train.log_every=1000"]:
+        args += ["--set", kv]
+    r = subprocess.run(args, cwd=SRC, env=ENV, capture_output=True, text=True, timeout=300)
+    m = re.search(r"resuming from \S*ckpt-(\d+)", r.stderr)
+    check(r.returncode == 0 and m is not None and int(m.group(1)) >= 5,
+          f"the next launch resumes from the last checkpoint ({m.group(0) if m else r.stderr[-300:]})")
+    with open(f"{d}/run/metrics.jsonl") as f:
+        steps = [json.loads(l)["step"] for l in f]
+    check(steps == list(range(1, 31)), f"and finishes with every step logged once ({len(steps)} lines)")
 
 
 def main():

@@ -135,6 +135,21 @@ def test_pretrain(d):
         check(r.returncode == 0, f"dp 2 checkpoint resumes at np {np_}")
         close_rows(rows(f"{d}/straight2"), rows(rd), f"dp 2 -> np {np_}")
         close_files(f"{d}/straight2/ckpt-00000024", f"{rd}/ckpt-00000024", f"dp 2 -> np {np_}")
+    # tensor parallelism: a tp=2 run's step-10 checkpoint continued at tp 1 (np 1)
+    # and at dp 2 (np 2); checkpoints always hold the whole model
+    r = run(2, f"{d}/tp2", ["--set", "parallel.tp=2"])
+    check(r.returncode == 0, "tp 2 straight run")
+    close_rows(rows(f"{d}/straight1"), rows(f"{d}/tp2"), "tp 2 vs single process")
+    for np_ in (1, 2):
+        rd = f"{d}/tp2-to-np{np_}"
+        shutil.copytree(f"{d}/tp2", rd)
+        for x in os.listdir(rd):
+            if x.startswith("ckpt-") and x != "ckpt-00000010":
+                shutil.rmtree(os.path.join(rd, x))
+        r = run(np_, rd, ["--resume", "auto"])
+        check(r.returncode == 0, f"tp 2 checkpoint resumes at np {np_} (tp 1)")
+        close_rows(rows(f"{d}/tp2"), rows(rd), f"tp 2 -> np {np_} tp 1")
+        close_files(f"{d}/tp2/ckpt-00000024", f"{rd}/ckpt-00000024", f"tp 2 -> np {np_} tp 1")
     # a corrupt newest checkpoint: skipped with a warning, the one before is used
     rd = f"{d}/corrupt"
     shutil.copytree(f"{d}/straight1", rd)
