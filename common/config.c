@@ -102,6 +102,7 @@ static const ConfigKey CONFIG_KEYS[] = {
     {"ilql.awac_weight", CONFIG_FLOAT, "0.1", 0, NOLIM, "ILQL: weight of the LM (AWAC) loss on the data's responses (trlx: 1; lower leaves the trunk room to learn the Q features)"},
     {"ilql.alpha", CONFIG_FLOAT, "0.1", 0, 1, "ILQL: Polyak rate of the target Q heads per step (target <- alpha*Q + (1-alpha)*target)"},
     {"ilql.beta", CONFIG_FLOAT, "1.0", 0, NOLIM, "ILQL: decoding samples from logits + beta*(Q - V) (target Q heads; 0 = the LM alone)"},
+    {"ilql.trunk_grad", CONFIG_FLOAT, "1.0", 0, 1, "ILQL: scale of the Q/V heads' gradient into the trunk (1 = trlx: shared trunk; 0 = heads on the trunk's features, the trunk trained by the LM loss only)"},
     {"ilql.head_lr", CONFIG_FLOAT, "0", 0, 10, "ILQL: learning rate of the Q and V heads (same schedule as train.lr); 0 = train.lr"},
     {"ilql.init_std", CONFIG_FLOAT, "0.05", 0, 10, "ILQL: std of the random init of the Q heads' weights (biases and the V head start at 0)"},
     // policy gradient (rlhfd pg), GRPO / RLOO (rlhfd grpo, rlhfd rloo), Quark (rlhfd quark)

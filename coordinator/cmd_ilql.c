@@ -173,6 +173,7 @@ int cmd_ilql(int argc, char** argv) {
                                .cql_weight = config_float(cfg, "ilql.cql_weight"),
                                .awac_weight = config_float(cfg, "ilql.awac_weight")};
     const float alpha = config_float(cfg, "ilql.alpha"), beta = config_float(cfg, "ilql.beta");
+    const float trunk_grad = config_float(cfg, "ilql.trunk_grad");
     const int steps = config_int(cfg, "train.steps"), batch = config_int(cfg, "train.batch");
     const int warmup = config_int(cfg, "train.warmup");
     rl_run_open(&run);
@@ -240,8 +241,10 @@ int cmd_ilql(int argc, char** argv) {
             gpt_token_logprobs(&run.policy, lm_logp);
             batch_actions(&b, &data, idx + first, actions, rewards, done);
             float* dlnf = gpt_hidden_grad(&run.policy);
-            ilql_loss(&heads, run.policy.acts.lnf, N, actions, rewards, done, lm_logp, &lc, dlnf, dlogp, &st);
+            ilql_loss(&heads, run.policy.acts.lnf, N, actions, rewards, done, lm_logp, &lc, trunk_grad > 0 ? dlnf : NULL,
+                      dlogp, &st);
             if (!isfinite(st.loss)) fatalf("ILQL loss is %g at step %d (try a lower train.lr)", st.loss, step);
+            if (trunk_grad > 0 && trunk_grad < 1) run.ops->scale(dlnf, trunk_grad, (size_t)N * C);
             gpt_lm_head_backward(&run.policy, dlogp);
             gpt_backward_trunk(&run.policy);
         }

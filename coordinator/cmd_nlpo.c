@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include "commands.h"
 #include "ppo_core.h"
+#include "run_state.h"
 #include "../common/check.h"
 #include "../worker/model_io.h"
 #include "../worker/nlpo_mask.h"
@@ -71,6 +72,37 @@ static void refresh_mask_model(Nlpo* s) {
     s->mask_model.ops->to_device(s->mask_model.params_memory, host, bytes);
     free(host);
     s->refreshes++;
+}
+
+// Exact resume: the masking policy (it may lag the policy by up to
+// nlpo.mask_refresh - 1 iterations), the refresh count and the mask statistics.
+static void nlpo_save_state(void* ctx, RLRun* run, RunState* rs) {
+    Nlpo* s = ctx;
+    (void)run;
+    size_t bytes = s->mask_model.num_parameters * sizeof(float);
+    float* host = mallocCheck(bytes);
+    s->mask_model.ops->to_host(host, s->mask_model.params_memory, bytes);
+    run_state_put_blob(rs, "nlpo.mask_model", host, bytes);
+    free(host);
+    run_state_put_i64(rs, "nlpo.refreshes", s->refreshes);
+    run_state_put_f64(rs, "nlpo.kept_total", s->kept_total);
+    run_state_put_i64(rs, "nlpo.masks_total", (int64_t)s->masks_total);
+}
+
+static void nlpo_restore_state(void* ctx, RLRun* run, const RunState* rs) {
+    Nlpo* s = ctx;
+    (void)run;
+    void* data = NULL;
+    size_t len = 0;
+    run_state_get_blob(rs, "nlpo.mask_model", &data, &len);
+    if (len != s->mask_model.num_parameters * sizeof(float))
+        fatalf("run state: nlpo.mask_model holds %zu bytes, expected %zu", len,
+               s->mask_model.num_parameters * sizeof(float));
+    s->mask_model.ops->to_device(s->mask_model.params_memory, data, len);
+    free(data);
+    s->refreshes = (int)run_state_get_i64(rs, "nlpo.refreshes");
+    s->kept_total = run_state_get_f64(rs, "nlpo.kept_total");
+    s->masks_total = (size_t)run_state_get_i64(rs, "nlpo.masks_total");
 }
 
 static void nlpo_begin_rollout(void* ctx, RLRun* run, int iter, int n, RolloutConfig* rc) {
@@ -143,6 +175,8 @@ int cmd_nlpo(int argc, char** argv) {
                     .policy_forward = nlpo_policy_forward,
                     .iteration_done = nlpo_iteration_done,
                     .finish = nlpo_finish,
-                    .close = nlpo_close};
+                    .close = nlpo_close,
+                    .save_state = nlpo_save_state,
+                    .restore_state = nlpo_restore_state};
     return ppo_main(CMD, SYNOPSIS, argc, argv, &v);
 }

@@ -18,9 +18,11 @@
 #     bash tests/gpu/run.sh --bundle      # here: build-gpu-pack/bundle.tar.xz
 # (Release, CUDA, sm_90 + compute_75, x86-64-v3 host code; the binaries and
 # every shared library they need except glibc, libstdc++, the CUDA driver,
-# cuBLASLt and NCCL, which the GPU machine has). With the device tool:
+# cuBLASLt and NCCL, which the GPU machine has); make it from the same tree
+# right before the run (~1 minute when build-gpu-bundle/ is warm, ~10 from
+# scratch on 2 cores). With the device tool:
 #     run(command="bash tests/gpu/run.sh", carry=["build-gpu-pack"], timeout_s=600)
-# Logs and the table go to $OUT (the device tool's) or ./gpu-out.
+# Logs and the table go to $OUT (the device tool's) or ./build-gpu-out.
 set -u
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -58,7 +60,7 @@ fi
 
 # ---------------------------------------------------------------------------
 # on the GPU machine
-out="${OUT:-$root/gpu-out}"
+out="${OUT:-$root/build-gpu-out}" # build*/ is git-ignored
 mkdir -p "$out"
 log="$out/run.log"
 results="$out/results.txt"
@@ -104,7 +106,7 @@ if [ -z "$bin" ] && [ -f build-gpu-pack/bundle.tar.xz ]; then
   say "== using the bundle (build-gpu-pack/bundle.tar.xz, commit $(tar -xJOf build-gpu-pack/bundle.tar.xz ./COMMIT 2>/dev/null))"
   rm -rf /tmp/rlhfd-bundle && mkdir -p /tmp/rlhfd-bundle
   tar -C /tmp/rlhfd-bundle -xJf build-gpu-pack/bundle.tar.xz
-  bin=/tmp/rlhfd-bundle
+  bin=/tmp/rlhfd-bundle/bin
   mode="bundle"
 fi
 if [ -z "$bin" ]; then

