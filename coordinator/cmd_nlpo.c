@@ -54,12 +54,12 @@ static void nlpo_open(void* ctx, RLRun* run) {
     s->run = run;
     s->top_p = config_float(run->cfg, "nlpo.top_p");
     s->refresh = config_int(run->cfg, "nlpo.mask_refresh");
-    // the mask math takes whole vocab rows; over vocab-parallel shards it needs the
-    // global top-p threshold (worker/nlpo_mask.h) - not wired yet
-    if (run->world.par.tp_size > 1)
-        fatalf("%s: rlhfd nlpo does not run under tensor parallelism yet (parallel.tp = %d); use parallel.tp = 1",
-               config_origin(run->cfg, "parallel.tp"), run->world.par.tp_size);
-    model_load(&s->mask_model, config_str(run->cfg, "model.init"), run->ops, NULL);
+    // Under tensor parallelism the masking policy is sharded like the policy:
+    // its rows' logits come back from generation gathered over the vocab
+    // shards, so every tp rank computes the same top-p sets; the policy's
+    // shard of each row is then masked with them (nlpo_mask_policy_logits:
+    // the row max and the cross-entropy are combined over the shards).
+    model_load_tp(&s->mask_model, config_str(run->cfg, "model.init"), run->ops, run->world.par.tp, NULL);
     gpt_config_expect(&run->policy.config, &s->mask_model.config, config_str(run->cfg, "model.init"));
 }
 
@@ -79,11 +79,12 @@ static void refresh_mask_model(Nlpo* s) {
 static void nlpo_save_state(void* ctx, RLRun* run, RunState* rs) {
     Nlpo* s = ctx;
     (void)run;
-    size_t bytes = s->mask_model.num_parameters * sizeof(float);
-    float* host = mallocCheck(bytes);
-    s->mask_model.ops->to_host(host, s->mask_model.params_memory, bytes);
-    run_state_put_blob(rs, "nlpo.mask_model", host, bytes);
-    free(host);
+    // the whole model (the tp shards gathered), so any tp size can resume it
+    size_t bytes = s->mask_model.num_parameters_full * sizeof(float);
+    float* full = mallocCheck(bytes);
+    gpt_gather_full(&s->mask_model, s->mask_model.params_memory, full);
+    run_state_put_blob(rs, "nlpo.mask_model", full, bytes);
+    free(full);
     run_state_put_i64(rs, "nlpo.refreshes", s->refreshes);
     run_state_put_f64(rs, "nlpo.kept_total", s->kept_total);
     run_state_put_i64(rs, "nlpo.masks_total", (int64_t)s->masks_total);
@@ -95,10 +96,10 @@ static void nlpo_restore_state(void* ctx, RLRun* run, const RunState* rs) {
     void* data = NULL;
     size_t len = 0;
     run_state_get_blob(rs, "nlpo.mask_model", &data, &len);
-    if (len != s->mask_model.num_parameters * sizeof(float))
+    if (len != s->mask_model.num_parameters_full * sizeof(float))
         fatalf("run state: nlpo.mask_model holds %zu bytes, expected %zu", len,
-               s->mask_model.num_parameters * sizeof(float));
-    s->mask_model.ops->to_device(s->mask_model.params_memory, data, len);
+               s->mask_model.num_parameters_full * sizeof(float));
+    gpt_shard_from_full(&s->mask_model, data, s->mask_model.params_memory);
     free(data);
     s->refreshes = (int)run_state_get_i64(rs, "nlpo.refreshes");
     s->kept_total = run_state_get_f64(rs, "nlpo.kept_total");

@@ -465,6 +465,30 @@ void gpt_forward(GPT* model, const int* inputs, const int* targets, const float*
     free(dl);
 }
 
+void gpt_recompute_losses(GPT* model) {
+    if (model->mean_loss < 0) fatalf("gpt_recompute_losses needs a forward pass with targets first");
+    const Ops* ops = model->ops;
+    const size_t BT = (size_t)model->B * model->T;
+    int* targets = mallocCheck(BT * sizeof(int));
+    float* dl = mallocCheck(BT * sizeof(float));
+    float* losses = mallocCheck(BT * sizeof(float));
+    ops->to_host(targets, model->targets, BT * sizeof(int));
+    ops->to_host(dl, model->dlosses, BT * sizeof(float));
+    if (model->tp_size == 1) {
+        ops->crossentropy_forward(model->acts.losses, model->acts.logits, model->targets, (int)BT,
+                                  model->config.vocab_size);
+        ops->to_host(losses, model->acts.losses, BT * sizeof(float));
+    } else {
+        vocab_parallel_crossentropy(model, targets, losses);
+    }
+    double mean = 0.0;
+    for (size_t i = 0; i < BT; i++) mean += (double)dl[i] * losses[i];
+    model->mean_loss = (float)mean;
+    free(targets);
+    free(dl);
+    free(losses);
+}
+
 void gpt_zero_grad(GPT* model) {
     if (model->grads_memory) model->ops->zero(model->grads_memory, model->num_parameters * sizeof(float));
 }

@@ -192,6 +192,11 @@ void gpt_forward(GPT* model, const int* inputs, const int* targets, const float*
 // The trunk only: embeddings, blocks, final LayerNorm -> acts.lnf (B,T,C).
 // No logits, no loss: for heads other than the LM head (reward, value).
 void gpt_forward_trunk(GPT* model, const int* inputs, int B, int T);
+// After acts.logits (this rank's vocab shard under tp) were changed in place
+// since the last forward with targets (e.g. NLPO's action masks): recomputes
+// the losses (vocab-parallel under tp: collective) and mean_loss from them,
+// with the same weights, so log-probs and the backward see the new logits.
+void gpt_recompute_losses(GPT* model);
 // Allocates the (zeroed) gradient buffer if no backward has made it yet
 // (a data-parallel rank with no rows this step still joins the all-reduce).
 void gpt_ensure_grads(GPT* model);

@@ -115,31 +115,43 @@ double nlpo_masked_logprob(const float* logits, const unsigned char* keep, int V
 void nlpo_mask_policy_logits(GPT* policy, const unsigned char* const* keep_rows) {
     if (policy->mean_loss < 0) fatalf("nlpo_mask_policy_logits needs a forward pass with targets first");
     const Ops* ops = policy->ops;
-    const int V = policy->config.vocab_size;
+    // under tensor parallelism each rank holds the columns [v0, v0 + Vl) of
+    // every row (its vocab shard); the masks are over the whole vocab
+    const int Vp = policy->vocab_shard, v0 = policy->vocab_start, Vl = policy->vocab_valid;
     const size_t BT = (size_t)policy->B * policy->T;
     int* targets = mallocCheck(BT * sizeof(int));
     ops->to_host(targets, policy->targets, BT * sizeof(int));
-    float* row = mallocCheck((size_t)V * sizeof(float));
+    float* row = mallocCheck((size_t)Vp * sizeof(float));
+    // pass 1: each row's best kept logit (the action taken is always a valid
+    // one), the max over the shards
+    float* mx = mallocCheck(BT * sizeof(float));
+    for (size_t r = 0; r < BT; r++) {
+        mx[r] = -INFINITY;
+        if (!keep_rows[r] || targets[r] < 0) continue;
+        ops->to_host(row, policy->acts.logits + r * (size_t)Vp, (size_t)Vp * sizeof(float));
+        const unsigned char* keep = keep_rows[r];
+        for (int v = 0; v < Vl; v++)
+            if ((keep[v0 + v] || v0 + v == targets[r]) && row[v] > mx[r]) mx[r] = row[v];
+    }
+    if (policy->tp_size > 1) comm_allreduce(policy->tp, mx, BT, COMM_F32, COMM_MAX);
+    // pass 2: the rest of the row drops to NLPO_TRAIN_MASK_GAP below it
     for (size_t r = 0; r < BT; r++) {
         if (!keep_rows[r] || targets[r] < 0) continue;
-        float* dev = policy->acts.logits + r * (size_t)V;
-        ops->to_host(row, dev, (size_t)V * sizeof(float));
+        float* dev = policy->acts.logits + r * (size_t)Vp;
+        ops->to_host(row, dev, (size_t)Vp * sizeof(float));
         const unsigned char* keep = keep_rows[r];
-        const int tgt = targets[r]; // the action taken is always a valid one
-        float mx = row[tgt];
-        for (int v = 0; v < V; v++)
-            if (keep[v] && row[v] > mx) mx = row[v];
         // Not -1e30 here: the cross-entropy kernels clamp exp at e^-87, and
         // e^-87 times a small d(loss) is a denormal float in every masked
         // entry of the logits' gradient, which makes the LM head's backward
         // sgemm ~100x slower. NLPO_TRAIN_MASK_GAP below the row's best kept
         // logit is exactly as masked for float32 (mass <= V * e^-60 ~ 1e-21).
-        const float floor_logit = mx - NLPO_TRAIN_MASK_GAP;
-        for (int v = 0; v < V; v++)
-            if (!keep[v] && v != tgt) row[v] = floor_logit;
-        ops->to_device(dev, row, (size_t)V * sizeof(float));
+        const float floor_logit = mx[r] - NLPO_TRAIN_MASK_GAP;
+        for (int v = 0; v < Vl; v++)
+            if (!keep[v0 + v] && v0 + v != targets[r]) row[v] = floor_logit;
+        ops->to_device(dev, row, (size_t)Vp * sizeof(float));
     }
-    ops->crossentropy_forward(policy->acts.losses, policy->acts.logits, policy->targets, (int)BT, V);
+    gpt_recompute_losses(policy); // vocab-parallel under tp
+    free(mx);
     free(row);
     free(targets);
 }
