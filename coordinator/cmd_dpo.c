@@ -578,14 +578,9 @@ int cmd_dpo(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = NULL;
-    if (root && resuming) {
-        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
-        run_state_rewind_metrics(&rs, metrics_path); // cut back to the checkpoint's step
-        metrics = run_dir_reopen(run_dir, cfg, metrics_path, sizeof metrics_path);
-    } else if (root) {
-        metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
-    }
+    FILE* metrics = root ? run_dir_open(run_dir, cfg, cli.overwrite, resuming ? &rs : NULL, metrics_path,
+                                        sizeof metrics_path)
+                         : NULL;
 
     const int steps = config_int(cfg, "train.steps");
     if (root) fprintf(stderr,
@@ -722,8 +717,6 @@ int cmd_dpo(int argc, char** argv) {
             run_state_init(&save);
             ref_cache_save(&save, &train_data, has_val ? &val_data : NULL, world.par.world,
                            world.par.tp_size); // collective
-            char err[512];
-            int ok = 1;
             if (root) { // what the next step needs beyond the weights and AdamW state
                 run_state_put_i64(&save, "step", step);
                 sft_sampler_save(&sampler, &save, "sampler");
@@ -734,12 +727,9 @@ int cmd_dpo(int argc, char** argv) {
                 stats_put(&save, "last", &last);
                 run_state_put_i64(&save, "have_val_stats", have_val_stats);
                 stats_put(&save, "val", &val);
-                if (run_state_put_metrics(&save, metrics_path, metrics, err, sizeof err) != 0) {
-                    fprintf(stderr, "rlhfd: warning: checkpoint of step %d skipped: %s\n", step, err);
-                    ok = 0;
-                }
             }
-            comm_broadcast(world.par.world, &ok, 1, COMM_I32, 0);
+            // the metrics mark, and whether every rank goes on to write (collective)
+            const int ok = train_checkpoint_agree(&world, root ? &save : NULL, step, metrics_path, metrics);
             if (ok && world.par.dp_rank == 0) // the model's ranks gather; rank 0 writes
                 train_checkpoint_try(&policy, cfg, run_dir, "dpo", step, last.loss, have_val_stats ? val.loss : NAN,
                                      tokens, NULL, root ? &save : NULL, ckpt_path, sizeof ckpt_path);

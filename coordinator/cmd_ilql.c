@@ -13,7 +13,10 @@
 // train.batch samples (SFT's length-bucketed shuffle), one forward, the ILQL
 // loss (Bellman, expectile V, CQL, AWAC/LM), one backward through the heads,
 // the LM head and the trunk, AdamW on all of it (train.lr with warmup +
-// cosine), then target <- ilql.alpha * Q + (1 - ilql.alpha) * target.
+// cosine; the heads at ilql.head_lr), then target <- ilql.alpha * Q +
+// (1 - ilql.alpha) * target. ilql.trunk_grad scales the heads' gradient into
+// the trunk (1: one shared trunk as in trlx; 0: the heads learn on the
+// trunk's features and only the LM loss trains the trunk).
 // Decoding - the held-out evaluation here and `rlhfd evaluate` on the
 // checkpoint - samples from logits + ilql.beta * (min Qt - V).
 // The checkpoint holds the heads next to the model (ilql.* tensors) and
@@ -43,7 +46,8 @@ static const char* const SYNOPSIS =
     "Polyak-averaged targets, rate ilql.alpha) and a V head on the policy's trunk:\n"
     "Bellman targets Q(s,a) <- r + ilql.gamma * V(s'), expectile regression of V\n"
     "(ilql.tau) toward min target Q, a CQL term (ilql.cql_weight) and the LM loss on\n"
-    "the data (ilql.awac_weight). train.steps steps of train.batch samples. Decoding\n"
+    "the data (ilql.awac_weight); ilql.trunk_grad scales the heads' gradient into the\n"
+    "trunk. train.steps steps of train.batch samples. Decoding\n"
     "samples logits + ilql.beta * (Q - V). Writes run.dir/metrics.jsonl, a checkpoint\n"
     "with the heads, and a JSON summary (held-out gold, reward, kl) as the last stdout line.\n"
     "Example: rlhfd ilql --config deploy/configs/ilql.ini --model runs/sft --set rl.reward=rm:runs/rm\n"

@@ -353,21 +353,9 @@ static QuarkStep quark_train_step(RLRun* run, const Pool* pool, const size_t* pi
 // Held-out evaluation with the best token every rl.eval_every iterations
 // (not the last: the final evaluation does that one), as its own metrics line.
 static void quark_maybe_evaluate(RLRun* run, int it, int best, int mb) {
-    if (run->eval_every <= 0 || it % run->eval_every != 0 || it == run->iterations || run->num_val == 0) return;
+    if (!rl_eval_due(run, it)) return;
     RolloutEval ev = quark_evaluate(run, best, mb);
-    if (!run->world.is_root) return;
-    json_t* row = json_object();
-    json_object_set_new(row, "iter", json_integer(it));
-    json_object_set_new(row, "eval", json_true());
-    json_object_set_new(row, "eval_gold", json_real(ev.gold));
-    json_object_set_new(row, "eval_reward", json_real(ev.reward));
-    json_object_set_new(row, "eval_kl", json_real(ev.kl));
-    json_object_set_new(row, "eval_response_len", json_real(ev.response_len));
-    write_json_line(run->metrics, row);
-    json_decref(row);
-    fflush(run->metrics);
-    fprintf(stderr, "quark eval @ iter %d | held-out gold %+.4f | reward %+.4f | kl %.3f (%d prompts)\n", it,
-            ev.gold, ev.reward, ev.kl, ev.n);
+    rl_log_evaluation(run, it, &ev);
 }
 
 static json_t* quark_state_json(int K, int ctrl_base, int best) {

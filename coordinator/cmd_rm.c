@@ -504,14 +504,9 @@ int cmd_rm(int argc, char** argv) {
     // ---- run dir
     const char* run_dir = config_str(cfg, "run.dir");
     char metrics_path[4096];
-    FILE* metrics = NULL;
-    if (root && resuming) {
-        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
-        run_state_rewind_metrics(&rs, metrics_path); // cut back to the checkpoint's step
-        metrics = run_dir_reopen(run_dir, cfg, metrics_path, sizeof metrics_path);
-    } else if (root) {
-        metrics = run_dir_start(run_dir, cfg, cli.overwrite, metrics_path, sizeof metrics_path);
-    }
+    FILE* metrics = root ? run_dir_open(run_dir, cfg, cli.overwrite, resuming ? &rs : NULL, metrics_path,
+                                        sizeof metrics_path)
+                         : NULL;
 
     if (root) fprintf(stderr,
             "rm: L=%d NH=%d C=%d V=%d ctx=%d (%zu params, %s) | %zu train rankings, %zu val | "
@@ -660,8 +655,6 @@ int cmd_rm(int argc, char** argv) {
             dp_gather_optimizer(&world.dp, &rm.gpt); // collective (ZeRO-1)
             RunState save;
             run_state_init(&save);
-            char err[512];
-            int ok = 1;
             if (root) { // what the next step needs beyond the weights and AdamW state
                 run_state_put_i64(&save, "step", step);
                 put_head_moments(&save, &rm); // replicated on every rank
@@ -675,12 +668,9 @@ int cmd_rm(int argc, char** argv) {
                 run_state_put_f64(&save, "val_accuracy", val_accuracy);
                 run_state_put_i64(&save, "val_pairs", val_pairs);
                 run_state_put_f64(&save, "offset", offset);
-                if (run_state_put_metrics(&save, metrics_path, metrics, err, sizeof err) != 0) {
-                    fprintf(stderr, "rlhfd: warning: checkpoint of step %d skipped: %s\n", step, err);
-                    ok = 0;
-                }
             }
-            comm_broadcast(world.par.world, &ok, 1, COMM_I32, 0);
+            // the metrics mark, and whether every rank goes on to write (collective)
+            const int ok = train_checkpoint_agree(&world, root ? &save : NULL, step, metrics_path, metrics);
             if (ok && world.par.dp_rank == 0) // the model's ranks gather; rank 0 writes
                 save_checkpoint(&rm, cfg, run_dir, step, loss, val_loss, val_accuracy, root ? &save : NULL,
                                 ckpt_path, sizeof ckpt_path);

@@ -139,9 +139,7 @@ void rl_run_open(RLRun* run) {
 
     run->run_dir = config_str(cfg, "run.dir");
     if (run->world.is_root && resuming) { // metrics.jsonl cut back to the checkpoint, then appended to
-        snprintf(run->metrics_path, sizeof run->metrics_path, "%s/metrics.jsonl", run->run_dir);
-        run_state_rewind_metrics(&run->resume, run->metrics_path);
-        run->metrics = run_dir_reopen(run->run_dir, cfg, run->metrics_path, sizeof run->metrics_path);
+        run->metrics = run_dir_open(run->run_dir, cfg, 0, &run->resume, run->metrics_path, sizeof run->metrics_path);
         print_banner(run, run->resume_ckpt, reward_spec, gold_spec);
     } else if (run->world.is_root) { // rank 0 alone writes the run dir
         run->metrics = run_dir_start(run->run_dir, cfg, run->overwrite, run->metrics_path, sizeof run->metrics_path);
@@ -353,23 +351,30 @@ RolloutEval rl_evaluate(RLRun* run) {
     return ev;
 }
 
-void rl_maybe_evaluate(RLRun* run, int iter) {
-    if (run->eval_every <= 0 || iter % run->eval_every != 0 || iter == run->iterations || run->num_val == 0)
-        return;
-    RolloutEval ev = rl_evaluate(run);
+int rl_eval_due(const RLRun* run, int iter) {
+    return run->eval_every > 0 && iter % run->eval_every == 0 && iter != run->iterations && run->num_val > 0;
+}
+
+void rl_log_evaluation(RLRun* run, int iter, const RolloutEval* ev) {
     if (!run->world.is_root) return;
     json_t* row = json_object();
     json_object_set_new(row, "iter", json_integer(iter));
     json_object_set_new(row, "eval", json_true());
-    json_object_set_new(row, "eval_gold", json_real(ev.gold));
-    json_object_set_new(row, "eval_reward", json_real(ev.reward));
-    json_object_set_new(row, "eval_kl", json_real(ev.kl));
-    json_object_set_new(row, "eval_response_len", json_real(ev.response_len));
+    json_object_set_new(row, "eval_gold", json_real(ev->gold));
+    json_object_set_new(row, "eval_reward", json_real(ev->reward));
+    json_object_set_new(row, "eval_kl", json_real(ev->kl));
+    json_object_set_new(row, "eval_response_len", json_real(ev->response_len));
     write_json_line(run->metrics, row);
     json_decref(row);
     fflush(run->metrics);
     fprintf(stderr, "%s eval @ iter %d | held-out gold %+.4f | reward %+.4f | kl %.3f (%d prompts)\n", run->cmd,
-            iter, ev.gold, ev.reward, ev.kl, ev.n);
+            iter, ev->gold, ev->reward, ev->kl, ev->n);
+}
+
+void rl_maybe_evaluate(RLRun* run, int iter) {
+    if (!rl_eval_due(run, iter)) return;
+    RolloutEval ev = rl_evaluate(run);
+    rl_log_evaluation(run, iter, &ev);
 }
 
 void rl_checkpoint(RLRun* run, int iter, const StWriteTensor* extra, int num_extra, json_t* state_extra,

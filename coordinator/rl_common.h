@@ -143,6 +143,10 @@ RolloutEval rl_evaluate(RLRun* run);
 // evaluates and writes {"iter", "eval_gold", "eval_reward", "eval_kl"} as
 // its own metrics line (marked "eval": true) and on stderr.
 void rl_maybe_evaluate(RLRun* run, int iter);
+// Its parts, for commands that evaluate their own way (Quark's control token):
+// whether iteration iter is due, and the metrics line + stderr line (rank 0).
+int rl_eval_due(const RLRun* run, int iter);
+void rl_log_evaluation(RLRun* run, int iter, const RolloutEval* ev);
 // Checkpoint RUN_DIR/ckpt-<iter> of the policy (optimizer included; state
 // {"kind", "iterations", <state_extra>}, extra tensors) with the run state
 // for exact resume: rs (may be NULL) holds the command's own items (KL

@@ -245,7 +245,7 @@ void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_
 }
 
 int train_checkpoint_try(const GPT* model, const Config* cfg, const char* run_dir, const char* kind, int step,
-                         double loss, double val_loss, size_t tokens, json_t* state_extra, void* run_state,
+                         double loss, double val_loss, size_t tokens, json_t* state_extra, RunState* run_state,
                          char* path, size_t cap) {
     snprintf(path, cap, "%s/ckpt-%08d", run_dir, step);
     json_t* state = json_object();
@@ -257,7 +257,7 @@ int train_checkpoint_try(const GPT* model, const Config* cfg, const char* run_di
     if (state_extra) json_object_update(state, state_extra);
     json_object_set_new(state, "config", config_to_json(cfg));
     CheckpointSaveOptions o = {.state = state, .with_optimizer = 1};
-    if (run_state) run_state_attach((RunState*)run_state, &o);
+    if (run_state) run_state_attach(run_state, &o);
     char err[1024];
     int rc = checkpoint_try_save(model, path, &o, err, sizeof err);
     json_decref(state);
@@ -293,16 +293,32 @@ int train_resume_resolve(Comm* world, const char* spec, const char* run_dir, cha
     return ckpt[0] != '\0';
 }
 
-FILE* run_dir_reopen(const char* run_dir, const Config* cfg, char* metrics_path, size_t cap) {
+FILE* run_dir_open(const char* run_dir, const Config* cfg, int overwrite, const RunState* resumed, char* metrics_path,
+                   size_t cap) {
+    if (!resumed) return run_dir_start(run_dir, cfg, overwrite, metrics_path, cap);
+    snprintf(metrics_path, cap, "%s/metrics.jsonl", run_dir);
+    run_state_rewind_metrics(resumed, metrics_path); // cut back to the checkpoint's step
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", run_dir);
     json_t* j = config_to_json(cfg);
     if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) fatalf("cannot write '%s'", path);
     json_decref(j);
-    snprintf(metrics_path, cap, "%s/metrics.jsonl", run_dir);
     FILE* metrics = fopen(metrics_path, "a");
     if (!metrics) fatalf("cannot append to '%s': %s", metrics_path, strerror(errno));
     return metrics;
+}
+
+int train_checkpoint_agree(TrainWorld* w, RunState* rs, int step, const char* metrics_path, FILE* metrics) {
+    int ok = 1;
+    if (w->is_root) {
+        char err[512];
+        if (run_state_put_metrics(rs, metrics_path, metrics, err, sizeof err) != 0) {
+            fprintf(stderr, "rlhfd: warning: checkpoint of step %d skipped: %s\n", step, err);
+            ok = 0;
+        }
+    }
+    comm_broadcast(w->par.world, &ok, 1, COMM_I32, 0);
+    return ok;
 }
 
 // ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include "../worker/comm.h"
 #include "../worker/data_parallel.h"
 #include "../worker/gpt.h"
+#include "run_state.h"
 
 // ---- token data: one or more shards read as one source of windows
 
@@ -83,15 +84,18 @@ void train_checkpoint_save(const GPT* model, const Config* cfg, const char* run_
 // valid) with the reason. Under tensor parallelism every rank of the model
 // calls; world rank 0 writes and prunes. Returns 0, or -1 when not written.
 int train_checkpoint_try(const GPT* model, const Config* cfg, const char* run_dir, const char* kind, int step,
-                         double loss, double val_loss, size_t tokens, json_t* state_extra, void* run_state,
+                         double loss, double val_loss, size_t tokens, json_t* state_extra, RunState* run_state,
                          char* path, size_t cap);
 // --resume: "auto" (the newest valid checkpoint of run_dir, or a fresh start),
 // "none"/NULL, a checkpoint dir or a run dir. Rank 0 decides and broadcasts
 // (collective over the world). 1 with the checkpoint in ckpt, or 0: fresh.
 int train_resume_resolve(Comm* world, const char* spec, const char* run_dir, char* ckpt, size_t cap);
-// Opens an existing run's metrics.jsonl for appending (after the run state
-// cut it back to the checkpoint) and rewrites config.json. Fatal on error.
-FILE* run_dir_reopen(const char* run_dir, const Config* cfg, char* metrics_path, size_t cap);
+// The run dir of a fresh run (run_dir_start) or, with the run state of the
+// checkpoint being resumed (resumed != NULL), the existing run's
+// metrics.jsonl cut back to that checkpoint and opened for appending, and
+// config.json rewritten. Rank 0 only. Fatal on error.
+FILE* run_dir_open(const char* run_dir, const Config* cfg, int overwrite, const RunState* resumed, char* metrics_path,
+                   size_t cap);
 
 // ---- model shape <-> config (model.layers, .heads, .embd, .vocab, .ctx)
 
@@ -164,3 +168,9 @@ void train_world_share(const TrainWorld* w, int global, const char* what, int* b
 double train_world_comm_seconds(const TrainWorld* w);
 // The weighted mean over the dp group of per-rank means (collective).
 double train_world_mean(const TrainWorld* w, double local_mean, double local_weight);
+
+// Before a checkpoint with run state rs (filled by rank 0 with the command's
+// items; NULL on the other ranks): rank 0 adds the metrics mark (a failed
+// flush skips this checkpoint with a warning) and every rank learns whether
+// to go on and write. Collective over the world.
+int train_checkpoint_agree(TrainWorld* w, RunState* rs, int step, const char* metrics_path, FILE* metrics);

@@ -7,6 +7,8 @@
 // Cases:
 //   topp_K     nlpo_topp_mask on one row (several V, top_p, scales; one with ties)
 //   masked_K   nlpo_masked_logprob and its gradient d logp / d logits
+//   sampler_0  generation with the NLPO hook: tokens inside their masks, the masks
+//              = top-p of the masking policy, sampler log-probs = masked log-probs
 //   engine_K   the engine path of `rlhfd nlpo`: a GPT forward, the masks applied
 //              with nlpo_mask_policy_logits, gpt_token_logprobs, and the logits'
 //              gradient left by gpt_lm_head_backward(dlogp)
@@ -26,25 +28,17 @@
 #include <jansson.h>
 #include "npy.h"
 #include "common/check.h"
+#include "common/rng.h"
+#include "worker/generate.h"
 #include "worker/gpt.h"
 #include "worker/ilql.h"
 #include "worker/nlpo_mask.h"
 
-static uint64_t rng_state = 1;
+static Rng rng; // the library's generator: the cases only need to be reproducible
 
-static uint64_t rng_next(void) { // splitmix64, independent of the library's RNG
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float uniform(void) { return (float)(rng_next() >> 40) / 16777216.0f; }
-static int below(int n) { return (int)(rng_next() % (uint64_t)n); }
-static float normal(void) {
-    float u1 = uniform(), u2 = uniform();
-    if (u1 < 1e-7f) u1 = 1e-7f;
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
+static float uniform(void) { return rng_float(&rng); }
+static int below(int n) { return (int)rng_below(&rng, (uint64_t)n); }
+static float normal(void) { return rng_normal(&rng); }
 static float* normals(size_t n, float std) {
     float* x = mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = std * normal();
@@ -178,6 +172,68 @@ static void cases_engine(void) {
     }
 }
 
+// Generation with the NLPO sampling hook: every sampled token lies in the mask
+// stored for it, that mask is the top-p set of the masking policy's own
+// (teacher-forced) logits at that prefix, and the sampler's log-prob is the
+// masked log-prob of the policy's logits.
+static void cases_sampler(void) {
+    const Ops* ops = ops_cpu();
+    GPTConfig cfg = {.max_seq_len = 16, .vocab_size = 67, .num_layers = 1, .num_heads = 2, .channels = 16};
+    GPT pol, msk;
+    gpt_build(&pol, cfg, ops);
+    gpt_build(&msk, cfg, ops);
+    gpt_init_random(&pol, 5);
+    gpt_init_random(&msk, 6);
+    const int n = 3, max_new = 6, V = cfg.vocab_size, lens[3] = {2, 3, 1};
+    int p0[2], p1[3], p2[1];
+    int* prompts[3] = {p0, p1, p2};
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < lens[i]; t++) prompts[i][t] = below(V);
+    NlpoSampler s;
+    nlpo_sampler_begin(&s, &msk, n, max_new, 0.6f);
+    SampleConfig sc = sample_config_default();
+    sc.max_new_tokens = max_new;
+    sc.eot = -1;
+    sc.hook = &s.hook;
+    Generation g;
+    gpt_generate(&pol, (const int* const*)prompts, lens, n, NULL, &sc, &g);
+    nlpo_sampler_end(&s);
+    gpt_reserve(&pol, 1, cfg.max_seq_len);
+    gpt_reserve(&msk, 1, cfg.max_seq_len);
+    int in_mask = 1, mismatch = 0, tokens = 0;
+    double err = 0.0;
+    unsigned char* keep = mallocCheck((size_t)V);
+    float* row = mallocCheck((size_t)V * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        int T = g.len[i] - 1;
+        for (int j = 0; j < g.len[i] - g.prompt_len[i]; j++, tokens++) {
+            int pos = g.prompt_len[i] - 1 + j, tok = g.tokens[i][pos + 1];
+            const unsigned char* m = nlpo_sampler_mask(&s, i, j);
+            in_mask &= m[tok];
+            gpt_forward(&msk, g.tokens[i], NULL, NULL, 1, T);
+            ops->to_host(row, msk.acts.logits + (size_t)pos * V, (size_t)V * sizeof(float));
+            nlpo_topp_mask(row, V, 0.6f, keep, NULL);
+            for (int v = 0; v < V; v++) mismatch += keep[v] != m[v];
+            gpt_forward(&pol, g.tokens[i], NULL, NULL, 1, T);
+            ops->to_host(row, pol.acts.logits + (size_t)pos * V, (size_t)V * sizeof(float));
+            double e = fabs(nlpo_masked_logprob(row, m, V, tok, NULL) - g.logprobs[i][j]);
+            err = e > err ? e : err;
+        }
+    }
+    json_t* c = case_begin("sampler", 0);
+    set_int(c, "tokens", tokens);
+    set_int(c, "in_mask", in_mask);
+    set_int(c, "mask_mismatch", mismatch);
+    set_num(c, "logp_err", err);
+    set_num(c, "mean_kept", s.masks ? s.kept_sum / (double)s.masks : 0.0);
+    free(keep);
+    free(row);
+    generation_free(&g);
+    nlpo_sampler_free(&s);
+    gpt_free(&pol);
+    gpt_free(&msk);
+}
+
 // ---------------------------------------------------------------- ILQL
 
 // Random parameters in every head (targets different from the Q heads).
@@ -303,17 +359,20 @@ static void cases_ilql(void) {
 }
 
 int main(int argc, char** argv) {
+    uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_dir = argv[++i];
-        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) rng_state = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--perturb") == 0) perturb = 1;
         else fatalf("nlpo_ilql_dump: unknown argument '%s' (usage: --out DIR [--seed N] [--perturb])", argv[i]);
     }
     if (!out_dir) fatalf("nlpo_ilql_dump: --out DIR is required");
+    rng_seed(&rng, seed);
     ops_cpu_set_threads(1);
     cases = json_array();
     cases_topp_masked();
     cases_engine();
+    cases_sampler();
     cases_ilql();
     char path[4096];
     snprintf(path, sizeof path, "%s/meta.json", out_dir);

@@ -9,6 +9,9 @@ scale, tolerance 1e-5; the top-p masks must be identical):
   topp     the top-p set: sort by logit (ties: lower id), smallest prefix whose
            softmax mass reaches top_p
   masked   log_softmax(logits.masked_fill(~keep, -inf))[target] and its gradient
+  sampler  generation with the NLPO hook: every token inside its stored mask,
+           each mask = the top-p set of the masking policy at that prefix, the
+           sampler's log-prob = the masked log-prob (1e-4: KV cache vs batch)
   engine   the same through a GPT forward + nlpo_mask_policy_logits +
            gpt_token_logprobs / gpt_lm_head_backward(dlogp) (rows left unmasked
            must equal the plain log-softmax)
@@ -193,7 +196,14 @@ def ref_decode(d, c):
     return {"logits": rel_err(load(d, c, "logits_out"), want)}
 
 
-REFS = {"topp": ref_topp, "masked": ref_masked, "engine": ref_engine, "ilql": ref_ilql, "sync": ref_sync,
+def ref_sampler(d, c):
+    """C-side facts of a generation with the NLPO hook (no tensors to recompute)"""
+    return {"token outside its mask": float(1 - c["in_mask"]), "mask != top-p of the masking policy":
+            float(c["mask_mismatch"]), "sampler logp vs masked logp": c["logp_err"] / 10,  # KV-cache vs batched
+            "no tokens": float(c["tokens"] == 0), "mask keeps every token": float(c["mean_kept"] >= 67)}
+
+
+REFS = {"sampler": ref_sampler, "topp": ref_topp, "masked": ref_masked, "engine": ref_engine, "ilql": ref_ilql, "sync": ref_sync,
         "decode": ref_decode}
 
 
