@@ -182,10 +182,12 @@ int cmd_ilql(int argc, char** argv) {
     const int warmup = config_int(cfg, "train.warmup");
     rl_run_open(&run);
     run.iterations = steps; // the checkpoint and the evaluations count steps
-    // the Q heads are whole (V, C) matrices on every rank; vocab-parallel heads are not written yet
-    if (run.world.par.tp_size > 1)
-        fatalf("%s: rlhfd ilql does not run under tensor parallelism yet (parallel.tp = %d); use parallel.tp = 1",
-               config_origin(cfg, "parallel.tp"), run.world.par.tp_size);
+    // the Q heads are whole (V, C) matrices on every rank; vocab-parallel heads
+    // are not written yet, and the data-parallel path below has not been
+    // checked against a single process: one process until it has
+    if (run.world.par.size > 1)
+        fatalf("rlhfd ilql runs as one process for now (this world has %d ranks): launch it without mpirun",
+               run.world.par.size);
     const int C = run.policy.config.channels, V = run.policy.config.vocab_size;
     const int ctx = run.policy.config.max_seq_len, eot = tokenizer_eot(run.tok);
 
