@@ -529,11 +529,8 @@ int cmd_dpo(int argc, char** argv) {
 
     // ---- resume: the policy, AdamW state, sampler and metrics from a checkpoint
     char resume_ckpt[4096] = "";
-    const int resuming = train_resume_resolve(world.par.world, cli.resume, config_str(cfg, "run.dir"), resume_ckpt,
-                                              sizeof resume_ckpt);
     RunState rs;
-    run_state_init(&rs);
-    if (resuming) run_state_load(&rs, resume_ckpt);
+    const int resuming = train_resume_begin(&world, cli.resume, cfg, resume_ckpt, sizeof resume_ckpt, &rs);
 
     // ---- policy and frozen reference, both from the SFT model (a resumed
     // policy from the checkpoint; the reference always from model.init)

@@ -504,3 +504,10 @@ double train_world_mean(const TrainWorld* w, double local_mean, double local_wei
     comm_allreduce_f64(w->par.dp, v, 2);
     return v[1] > 0 ? v[0] / v[1] : 0.0;
 }
+
+int train_resume_begin(TrainWorld* w, const char* spec, const Config* cfg, char* ckpt, size_t cap, RunState* rs) {
+    run_state_init(rs);
+    int resuming = train_resume_resolve(w->par.world, spec, config_str(cfg, "run.dir"), ckpt, cap);
+    if (resuming) run_state_load(rs, ckpt);
+    return resuming;
+}

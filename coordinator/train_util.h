@@ -174,3 +174,8 @@ double train_world_mean(const TrainWorld* w, double local_mean, double local_wei
 // flush skips this checkpoint with a warning) and every rank learns whether
 // to go on and write. Collective over the world.
 int train_checkpoint_agree(TrainWorld* w, RunState* rs, int step, const char* metrics_path, FILE* metrics);
+
+// --resume for a training command: train_resume_resolve over the world, then
+// (resuming) the checkpoint's run state into rs. rs is always initialised
+// (run_state_free it). Returns 1 when resuming, with the checkpoint in ckpt.
+int train_resume_begin(TrainWorld* w, const char* spec, const Config* cfg, char* ckpt, size_t cap, RunState* rs);

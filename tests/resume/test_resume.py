@@ -180,31 +180,9 @@ def write_jsonl(path, records):
             f.write(json.dumps(r) + "\n")
 
 
-WORDS = "the a movie film plot actor was is very quite really so story music".split()
-GOOD = [" great fun.", " wonderful and great.", " so good, great!", " fine"]
-BAD = [" awful mess.", " terrible and bad.", " boring, so bad!", " meh"]
-
-
-def prompt(rng):
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))).capitalize()
-
-
-def demos(n, seed):
-    rng = random.Random(seed)
-    return [{"prompt": prompt(rng), "response": " great" * rng.randint(1, 4) + " fun."} for _ in range(n)]
-
-
-def rankings(n, seed):
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        k = rng.randint(2, 4)
-        responses = [rng.choice(GOOD)] + [rng.choice(BAD) + " x" * rng.randint(0, 3) for _ in range(k - 1)]
-        order = list(range(k))
-        rng.shuffle(order)
-        out.append({"prompt": prompt(rng), "responses": [responses[i] for i in order],
-                    "ranking": sorted(range(k), key=lambda j: order[j])})
-    return out
+# the same synthetic review data as the data-parallel tests
+sys.path.insert(0, os.path.join(SRC, "tests", "parallel"))
+from test_dp import demos, rankings  # noqa: E402
 
 
 def ft_setup(d, cmd):
