@@ -180,6 +180,8 @@ int cmd_ilql(int argc, char** argv) {
     const float trunk_grad = config_float(cfg, "ilql.trunk_grad");
     const int steps = config_int(cfg, "train.steps"), batch = config_int(cfg, "train.batch");
     const int warmup = config_int(cfg, "train.warmup");
+    if (run.resume_spec && run.resume_spec[0] && strcmp(run.resume_spec, "none") != 0)
+        fatalf("rlhfd ilql cannot --resume yet (its heads' optimizer state is not in the run state): start it again");
     rl_run_open(&run);
     run.iterations = steps; // the checkpoint and the evaluations count steps
     // the Q heads are whole (V, C) matrices on every rank; vocab-parallel heads
@@ -297,7 +299,21 @@ int cmd_ilql(int argc, char** argv) {
                         adamw.lr, norm, eta);
             }
         }
+        // every rank reports; rank 0 publishes /status and decides (collective)
+        unsigned decision = run_control_step(&run.control, step, "train", row, (double)w);
         json_decref(row);
+        run.iter_done = step;
+        if (decision & RUN_STOP) { // graceful stop: rl_finish checkpoints the steps done
+            run.stop = 1;
+            break;
+        }
+        if (decision & RUN_CHECKPOINT) { // on request: the policy and the heads
+            float* hbuf = NULL;
+            StWriteTensor ht[ILQL_NUM_TENSORS];
+            ilql_heads_to_tensors(&heads, &hbuf, ht);
+            rl_checkpoint(&run, step, ht, ILQL_NUM_TENSORS, NULL, NULL);
+            free(hbuf);
+        }
         rl_maybe_evaluate(&run, step);
     }
 
